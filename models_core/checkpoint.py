@@ -1,0 +1,327 @@
+"""The checkpoint store: versioned, self-describing, atomically published model versions.
+
+Layout:  ROOT/<model-name>/<version>/
+             manifest.json        what the version is and the sha256 of every other file
+             weights.safetensors  inference weights only
+             extras.safetensors   optional tensors computed at publish time (e.g. a PCA basis)
+
+A version is published by writing a hidden temp dir next to the versions, fsyncing it and
+renaming it into place, so readers see a whole version or none, and a crash mid-publish leaves
+the earlier versions untouched. Nothing here unpickles: weights are safetensors, metadata JSON.
+"""
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from models_core.latent import PcaBasis
+from models_core.registry import build_model, get_kind
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "weights.safetensors"
+EXTRAS_FILE = "extras.safetensors"
+
+# Names become directory names: one path component, no dots first, nothing a shell or URL mangles.
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+VERSION_DIR_RE = re.compile(r"^[0-9]{6,}$")
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
+
+
+class CheckpointError(Exception):
+    """A version that cannot be published or loaded; the message names the file and the problem."""
+
+
+# --- atomic file helpers (also what the trainer uses for its resume state) --------------------
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success fsync it and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None):
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- manifest ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Manifest:
+    name: str
+    kind: str
+    version: int
+    config: dict
+    created_at: str
+    files: dict[str, str]  # file name -> sha256
+    step: int = 0
+    epoch: int = 0
+    data_fingerprint: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    weights_dtype: str = "float32"
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest":
+        if not path.is_file():
+            raise CheckpointError(f"{path}: manifest is missing")
+        try:
+            raw = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: manifest is not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{path}: manifest must be a JSON object")
+        schema = raw.get("schema_version")
+        if schema != SCHEMA_VERSION:
+            raise CheckpointError(f"{path}: schema version {schema!r} is not supported (this build reads {SCHEMA_VERSION})")
+        missing = [f for f in ("name", "kind", "version", "config", "created_at", "files") if f not in raw]
+        if missing:
+            raise CheckpointError(f"{path}: manifest lacks {', '.join(missing)}")
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise CheckpointError(f"{path}: manifest has unknown fields {', '.join(sorted(unknown))}")
+        return cls(**raw)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded, verified version: the network in eval mode plus its extra tensors."""
+
+    manifest: Manifest
+    model: nn.Module
+    extras: dict[str, torch.Tensor]
+    path: Path
+
+    @property
+    def pca(self) -> PcaBasis | None:
+        return PcaBasis.from_tensors(self.extras) if "pca.components" in self.extras else None
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+def validate_model_name(name: str) -> str:
+    if not isinstance(name, str) or not MODEL_NAME_RE.match(name):
+        raise CheckpointError(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def inference_state(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, unwrapped from DDP/compile; floating tensors cast to `dtype` if given."""
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        out[key] = value.contiguous()
+    return out
+
+
+class CheckpointStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if MODEL_NAME_RE.match(p.name) and self.versions(p.name))
+
+    def versions(self, name: str) -> list[int]:
+        model_dir = self.root / validate_model_name(name)
+        if not model_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in model_dir.iterdir() if VERSION_DIR_RE.match(p.name) and p.is_dir())
+
+    def latest(self, name: str) -> int | None:
+        versions = self.versions(name)
+        return versions[-1] if versions else None
+
+    def path(self, name: str, version: int) -> Path:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise CheckpointError(f"invalid version {version!r}: versions are positive integers")
+        return self.root / validate_model_name(name) / f"{version:06d}"
+
+    def resolve(self, name: str, version: int | None = None) -> int:
+        """`version`, or the latest one; a clear error when the model or version does not exist."""
+        versions = self.versions(name)
+        if not versions:
+            raise CheckpointError(f"no published versions of model {name!r} under {self.root}")
+        if version is None:
+            return versions[-1]
+        if version not in versions:
+            raise CheckpointError(f"model {name!r} has no version {version}; it has {versions}")
+        return version
+
+    def publish(
+        self,
+        name: str,
+        kind: str,
+        config: Any,
+        state_dict: dict[str, torch.Tensor],
+        *,
+        step: int = 0,
+        epoch: int = 0,
+        data_fingerprint: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        extras: dict[str, torch.Tensor] | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> int:
+        """Write a new version atomically and return its number (latest + 1)."""
+        model_dir = self.root / validate_model_name(name)
+        get_kind(kind)
+        weights = inference_state(state_dict, dtype)
+        config_dict = config if isinstance(config, dict) else config.to_dict()
+        self._check_weights_fit(kind, config_dict, weights)
+
+        model_dir.mkdir(parents=True, exist_ok=True)
+        tmp = model_dir / f".publish-{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
+        try:
+            save_file(weights, tmp / WEIGHTS_FILE)
+            if extras:
+                save_file({k: v.detach().cpu().contiguous() for k, v in extras.items()}, tmp / EXTRAS_FILE)
+            files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+            manifest = Manifest(
+                name=name, kind=kind, version=0, config=config_dict,
+                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                files=files, step=step, epoch=epoch, data_fingerprint=data_fingerprint,
+                metrics=dict(metrics or {}), weights_dtype=str(next(iter(weights.values())).dtype).removeprefix("torch."),
+            )
+            return self._rename_into_place(tmp, model_dir, manifest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _rename_into_place(self, tmp: Path, model_dir: Path, manifest: Manifest) -> int:
+        # Another publisher may take the number we picked; the rename then fails and we retry.
+        for _ in range(100):
+            manifest.version = (self.latest(manifest.name) or 0) + 1
+            (tmp / MANIFEST_FILE).write_text(manifest.to_json())
+            for p in tmp.iterdir():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+            fsync_dir(tmp)
+            try:
+                os.rename(tmp, model_dir / f"{manifest.version:06d}")
+            except OSError:
+                continue
+            fsync_dir(model_dir)
+            return manifest.version
+        raise CheckpointError(f"{model_dir}: could not claim a version number after 100 attempts")
+
+    @staticmethod
+    def _check_weights_fit(kind: str, config: dict, weights: dict[str, torch.Tensor]) -> None:
+        try:
+            build_model(kind, config).load_state_dict(weights)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"refusing to publish: weights do not fit a {kind!r} network with config {config}: {e}") from None
+
+    def read_manifest(self, name: str, version: int | None = None) -> Manifest:
+        version = self.resolve(name, version)
+        return Manifest.read(self.path(name, version) / MANIFEST_FILE)
+
+    def load(self, name: str, version: int | None = None, device: str | torch.device = "cpu") -> Checkpoint:
+        """Verify and load a version; the network is rebuilt from the manifest alone."""
+        version = self.resolve(name, version)
+        vdir = self.path(name, version)
+        manifest = Manifest.read(vdir / MANIFEST_FILE)
+        if manifest.version != version or manifest.name != name:
+            raise CheckpointError(
+                f"{vdir / MANIFEST_FILE}: describes {manifest.name!r} version {manifest.version}, "
+                f"but lies at {name!r} version {version}"
+            )
+        if WEIGHTS_FILE not in manifest.files:
+            raise CheckpointError(f"{vdir / MANIFEST_FILE}: lists no {WEIGHTS_FILE}")
+        for file_name, expected in manifest.files.items():
+            verify_file(vdir, file_name, expected)
+
+        try:
+            model = build_model(manifest.kind, manifest.config)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{vdir / MANIFEST_FILE}: cannot build the network: {e}") from None
+        weights = read_tensors(vdir / WEIGHTS_FILE)
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise CheckpointError(f"{vdir / WEIGHTS_FILE}: does not match the network in the manifest: {e}") from None
+        extras = read_tensors(vdir / EXTRAS_FILE) if EXTRAS_FILE in manifest.files else {}
+        return Checkpoint(manifest, model.to(device).eval(), extras, vdir)
+
+    def update_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> Manifest:
+        """Merge evaluation results into a version's manifest (atomically rewritten)."""
+        path = self.path(name, self.resolve(name, version)) / MANIFEST_FILE
+        manifest = Manifest.read(path)
+        manifest.metrics.update(metrics)
+        atomic_write_bytes(path, manifest.to_json().encode())
+        return manifest
+
+
+def verify_file(vdir: Path, file_name: str, expected_sha256: str) -> None:
+    if Path(file_name).name != file_name or file_name.startswith("."):
+        raise CheckpointError(f"{vdir / MANIFEST_FILE}: lists an invalid file name {file_name!r}")
+    path = vdir / file_name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise CheckpointError(f"{path}: checksum mismatch (sha256 {actual}, manifest says {expected_sha256}): file is corrupt")
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
