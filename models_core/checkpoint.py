@@ -265,9 +265,11 @@ class CheckpointStore:
     @staticmethod
     def _check_weights_fit(kind: str, config: dict, weights: dict[str, torch.Tensor]) -> None:
         try:
-            build_model(kind, config).load_state_dict(weights)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"refusing to publish: weights do not fit a {kind!r} network with config {config}: {e}") from None
+            problem = state_mismatch(build_model(kind, config), weights)
+        except (TypeError, ValueError) as e:
+            problem = str(e)
+        if problem:
+            raise CheckpointError(f"refusing to publish: weights do not fit a {kind!r} network with config {config}: {problem}")
 
     def read_manifest(self, name: str, version: int | None = None) -> Manifest:
         version = self.resolve(name, version)
@@ -293,10 +295,10 @@ class CheckpointStore:
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{vdir / MANIFEST_FILE}: cannot build the network: {e}") from None
         weights = read_tensors(vdir / WEIGHTS_FILE)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as e:
-            raise CheckpointError(f"{vdir / WEIGHTS_FILE}: does not match the network in the manifest: {e}") from None
+        problem = state_mismatch(model, weights)
+        if problem:
+            raise CheckpointError(f"{vdir / WEIGHTS_FILE}: does not match the network in the manifest: {problem}")
+        model.load_state_dict(weights)
         extras = read_tensors(vdir / EXTRAS_FILE) if EXTRAS_FILE in manifest.files else {}
         return Checkpoint(manifest, model.to(device).eval(), extras, vdir)
 
@@ -307,6 +309,21 @@ class CheckpointStore:
         manifest.metrics.update(metrics)
         atomic_write_bytes(path, manifest.to_json().encode())
         return manifest
+
+
+def state_mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
+    """A one-line summary of how `weights` fail to fit `model`, or None if they fit."""
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in weights]
+    problems += [f"unexpected {k}" for k in weights if k not in expected]
+    problems += [
+        f"size mismatch for {k}: stored {tuple(weights[k].shape)}, network has {tuple(v.shape)}"
+        for k, v in expected.items() if k in weights and weights[k].shape != v.shape
+    ]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
 
 
 def verify_file(vdir: Path, file_name: str, expected_sha256: str) -> None:

@@ -75,7 +75,7 @@ def decode_image(
     if not data:
         raise ImageDecodeError("the file is empty")
     if len(data) > max_bytes:
-        raise ImageDecodeError(f"the file is {len(data):,} bytes; the limit is {max_bytes:,}")
+        raise ImageDecodeError(f"the file is {len(data):,} bytes; the limit is {max_bytes:,} bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

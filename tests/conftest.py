@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+from models_core.checkpoint import CheckpointStore
+from models_core.latent import PcaBasis
+from models_core.registry import MODEL_KINDS, build_model
+
+
+def publish_tiny(store: CheckpointStore, kind: str, name: str | None = None, seed: int = 0, **kwargs) -> int:
+    """Publish a randomly initialised tiny network of `kind` (with a PCA basis for AE/VAE)."""
+    torch.manual_seed(seed)
+    config = MODEL_KINDS[kind].presets["tiny"]
+    model = build_model(kind, config)
+    extras = None
+    if MODEL_KINDS[kind].has_encoder:
+        latents = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(seed))
+        extras = PcaBasis.fit(latents).to_tensors()
+    return store.publish(kind if name is None else name, kind, config, model.state_dict(), step=10, epoch=1, extras=extras, **kwargs)
+
+
+@pytest.fixture
+def store(tmp_path) -> CheckpointStore:
+    return CheckpointStore(tmp_path / "checkpoints")
