@@ -69,9 +69,14 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 def decode_image(
     data: bytes, size: int = 64, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS
 ) -> torch.Tensor:
-    """Untrusted image bytes (PNG, JPEG, WebP, ...) -> (3, size, size) model input in [-1, 1].
+    """Untrusted image bytes (PNG, JPEG, WebP, ...) -> (3, size, size) model input in [-1, 1]."""
+    return pil_to_tensor(center_crop_resize(open_image(data, max_bytes, max_pixels), size))
 
-    Honours EXIF orientation, drops alpha and palettes (RGB), centre-crops and resizes.
+
+def open_image(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS) -> Image.Image:
+    """Untrusted image bytes -> fully decoded RGB image, upright per its EXIF orientation.
+
+    Alpha is composited onto white; palettes, greyscale and CMYK become RGB.
     """
     if not data:
         raise ImageDecodeError("the file is empty")
@@ -85,8 +90,7 @@ def decode_image(
             if w * h > max_pixels:
                 raise ImageDecodeError(f"the image is {w}×{h} pixels; the limit is {max_pixels:,} pixels")
             image.load()  # the full decode: raises on truncated or corrupt data
-            image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
+            return _to_rgb(ImageOps.exif_transpose(image))
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -95,7 +99,6 @@ def decode_image(
         raise ImageDecodeError("the file is not an image in a format this server reads (PNG, JPEG, WebP, ...)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"the image is truncated or corrupt: {e}") from None
-    return pil_to_tensor(center_crop_resize(image, size))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -82,7 +82,8 @@ def latent_sweep(base: torch.Tensor, dim_x: int, dim_y: int, span: float = 3.0, 
 class PcaBasis:
     """Principal directions of a set of latents (for AE/VAE: posterior means of held-out faces).
 
-    components are orthonormal rows, largest variance first; coordinates are measured in standard
+    components are unit rows (orthonormal when fitted here; GANSpace directions need not be),
+    largest variance first; coordinates are measured in standard
     deviations along each component, so a grid over [-3, 3] spans the data's own spread.
     """
 

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -21,3 +23,11 @@ def publish_tiny(store: CheckpointStore, kind: str, name: str | None = None, see
 @pytest.fixture
 def store(tmp_path) -> CheckpointStore:
     return CheckpointStore(tmp_path / "checkpoints")
+
+
+# Reproducible property tests by default; HYPOTHESIS_PROFILE=explore searches new examples.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

@@ -31,6 +31,8 @@ def test_slerp_endpoints_are_exact(z0, z1):
 def test_slerp_stays_on_the_sphere(z0, z1, t, radius):
     if z0.norm() < 1e-3 or z1.norm() < 1e-3:
         return
+    if math.sin(angle(z0.double(), z1.double()).item()) < 1e-3:
+        return  # (anti)parallel: no unique great circle, the documented lerp fallback applies
     a, b = z0 / z0.norm() * radius, z1 / z1.norm() * radius
     assert slerp(a, b, t).norm().item() == pytest.approx(radius, rel=1e-4)
 
@@ -40,11 +42,11 @@ def test_slerp_stays_on_the_sphere(z0, z1, t, radius):
 def test_slerp_angle_grows_monotonically_and_uniformly(z0, z1):
     if z0.norm() < 1e-2 or z1.norm() < 1e-2:
         return
-    omega = angle(z0, z1).item()
+    a, b = z0.double(), z1.double()
+    omega = angle(a, b).item()
     if omega < 1e-2 or omega > math.pi - 1e-2:
         return
     t = torch.linspace(0, 1, 9, dtype=torch.float64)[:, None]
-    a, b = z0.double(), z1.double()
     angles = torch.stack([angle(a, p) for p in slerp(a, b, t)])
     assert (angles.diff() > 0).all()
     # With equal norms the speed is constant too: the angle is exactly t * omega.
