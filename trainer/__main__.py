@@ -1,0 +1,122 @@
+"""python -m trainer: train (default), prepare-data, evaluate. Each has its own --help."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from trainer.config import MODEL_DEFAULTS, RESUMABLE_OVERRIDES, TrainConfig
+
+TRAIN_DESCRIPTION = """\
+Train an autoencoder, VAE or DCGAN on a prepared CelebA-64 dataset and publish versions into a
+checkpoint store. Defaults are the seed study's: VAE/AE Adam 5e-4, batch 64, beta_KL 0.03,
+100 epochs; GAN Adam 2e-4 betas (0.5, 0.999), batch 32, grad-norm clip 1.0, EMA of G, 200 epochs.
+
+Other commands:
+  python -m trainer prepare-data SOURCE --out DIR   pack CelebA into a 64×64 uint8 dataset
+  python -m trainer evaluate --model NAME           score a published version
+
+Multi-GPU / multi-node: torchrun --nproc_per_node=N -m trainer --model gan --data DIR
+"""
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer", description=TRAIN_DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, choices=sorted(MODEL_DEFAULTS), help="what to train")
+    p.add_argument("--data", type=Path, help="prepared dataset folder (from prepare-data); required unless --resume")
+    p.add_argument("--preset", choices=["seed", "small", "tiny"], help="network size: seed (the study's, default), small (CPU runs), tiny (tests)")
+    p.add_argument("--name", help="model name in the checkpoint store (default: the model kind)")
+    p.add_argument("--conv-impl", choices=["native", "scratch"], help="transposed-conv kernel (default: native)")
+    h = p.add_argument_group("hyperparameters (defaults depend on --model)")
+    h.add_argument("--epochs", type=int, help="passes over the training split (VAE/AE 100, GAN 200)")
+    h.add_argument("--batch-size", type=int, help="images per step and per GPU (VAE/AE 64, GAN 32)")
+    h.add_argument("--lr", type=float, help="Adam learning rate (VAE/AE 5e-4, GAN 2e-4)")
+    h.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="Adam betas (VAE/AE 0.9 0.999, GAN 0.5 0.999)")
+    h.add_argument("--beta-kl", type=float, help="weight of the KL term for --model vae (default 0.03)")
+    h.add_argument("--grad-clip", type=float, help="max gradient norm, 0 disables (GAN 1.0, VAE/AE off)")
+    h.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="publish an EMA of the weights (GAN on, VAE/AE off)")
+    h.add_argument("--ema-decay", type=float, help="EMA decay per step (default 0.999)")
+    h.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips (default on)")
+    h.add_argument("--seed", type=int, help="seed for init, data order and noise (default 0)")
+    r = p.add_argument_group("runtime")
+    r.add_argument("--device", help="auto (CUDA if present, default), cpu, cuda or cuda:N")
+    r.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="bf16 autocast; auto = bf16 on GPUs that support it")
+    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the networks")
+    r.add_argument("--max-steps", type=int, help="stop after this many steps in total (default: run all epochs)")
+    r.add_argument("--log-every", type=int, help="steps between metric lines (default 50)")
+    r.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--runs-dir", type=Path, help="where run folders go (default: runs/)")
+    o.add_argument("--checkpoints", type=Path, help="checkpoint store root (default: checkpoints/)")
+    o.add_argument("--ckpt-every", type=int, help="steps between resume-state snapshots (default 500)")
+    o.add_argument("--publish-every", type=int, help="epochs between published versions; 0 = only at the end (default)")
+    o.add_argument("--publish-dtype", choices=["float32", "bfloat16", "float16"], help="dtype of published weights (default float32)")
+    o.add_argument("--pca-samples", type=int, help="held-out faces (AE/VAE) or random z (GAN) for the published PCA basis (default 5000)")
+    o.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                   help="continue the latest run of this --name (or RUN_DIR) from its last snapshot")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """(TrainConfig, resume dir or None). Only options given on the command line override."""
+    from trainer.runs import latest_resumable_run, read_config
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "model")}
+    if args.resume is None:
+        if "data" not in given:
+            parser.error("--data is required (a folder made by: python -m trainer prepare-data SOURCE --out DIR)")
+        return TrainConfig(model=args.model, **given), None
+
+    runs_dir = given.get("runs_dir", Path("runs"))
+    name = given.get("name", args.model)
+    run_dir = latest_resumable_run(runs_dir, name) if args.resume == "latest" else Path(args.resume)
+    if run_dir is None or not (run_dir / "config.json").is_file():
+        parser.error(f"nothing to resume: no run of {name!r} with a saved state under {runs_dir}" if args.resume == "latest"
+                     else f"{args.resume} is not a run folder (no config.json)")
+    saved = read_config(run_dir)
+    if saved["model"] != args.model:
+        parser.error(f"{run_dir} trained --model {saved['model']}, not {args.model}")
+    changed = {k for k, v in given.items() if k not in RESUMABLE_OVERRIDES | {"name", "runs_dir"} and str(v) != str(saved.get(k))}
+    if changed:
+        parser.error(f"cannot change {', '.join('--' + k.replace('_', '-') for k in sorted(changed))} when resuming; "
+                     f"allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_OVERRIDES))}")
+    saved.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
+    return TrainConfig.from_dict(saved), run_dir
+
+
+def main_train(argv: list[str]) -> int:
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg, resume_dir = config_from_args(args, parser)
+    except ValueError as e:
+        parser.error(str(e))
+
+    from trainer.data import SourceError
+    from trainer.loop import TrainingError, train
+
+    try:
+        result = train(cfg, resume_dir)
+    except (TrainingError, SourceError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result.stopped_by:
+        return 128 + int(result.stopped_by)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "prepare-data":
+        from trainer.prepare_cli import main as prepare_main
+
+        return prepare_main(argv[1:])
+    if argv and argv[0] == "evaluate":
+        from trainer.evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:])
+    return main_train(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

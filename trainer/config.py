@@ -1,0 +1,84 @@
+"""TrainConfig: every knob of a training run, with the seed's hyperparameters as defaults."""
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models_core.losses import DEFAULT_BETA_KL
+from models_core.registry import get_kind
+
+# The seed's recipes. VAE/AE: Adam 5e-4, batch 64, 100 epochs. GAN: Adam 2e-4 betas (0.5, 0.999),
+# batch 32, grad-norm clip 1.0, 200 epochs, and an EMA of G (standard since Karras et al. 2018).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ae": dict(epochs=100, batch_size=64, lr=5e-4, betas=(0.9, 0.999), grad_clip=0.0, ema=False),
+    "vae": dict(epochs=100, batch_size=64, lr=5e-4, betas=(0.9, 0.999), grad_clip=0.0, ema=False),
+    "gan": dict(epochs=200, batch_size=32, lr=2e-4, betas=(0.5, 0.999), grad_clip=1.0, ema=True),
+}
+
+# Keys a resumed run may change; everything else must stay as the run started.
+RESUMABLE_OVERRIDES = {"data", "epochs", "max_steps", "ckpt_every", "publish_every", "log_every", "device", "progress"}  # data: checked by fingerprint
+
+
+@dataclass
+class TrainConfig:
+    model: str  # ae | vae | gan
+    data: Path
+    preset: str = "seed"
+    name: str | None = None  # name in the checkpoint store; defaults to the model kind
+    conv_impl: str = "native"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    beta_kl: float = DEFAULT_BETA_KL
+    grad_clip: float | None = None  # max grad norm; 0 disables
+    ema: bool | None = None
+    ema_decay: float = 0.999
+    flip: bool = True
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16
+    compile: bool = False
+    max_steps: int | None = None
+    ckpt_every: int = 500  # steps between resume-state snapshots
+    publish_every: int = 0  # epochs between published versions; 0 = only at the end
+    log_every: int = 50
+    pca_samples: int = 5000
+    publish_dtype: str = "float32"
+    runs_dir: Path = Path("runs")
+    checkpoints: Path = Path("checkpoints")
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        spec = get_kind(self.model)
+        if self.preset not in spec.presets:
+            raise ValueError(f"unknown preset {self.preset!r} for {self.model}; choose from {', '.join(spec.presets)}")
+        for key, value in MODEL_DEFAULTS[self.model].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.betas = tuple(self.betas)
+        self.data, self.runs_dir, self.checkpoints = Path(self.data), Path(self.runs_dir), Path(self.checkpoints)
+        self.name = self.name or self.model
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.publish_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"publish_dtype must be float32, bfloat16 or float16, got {self.publish_dtype!r}")
+        for key in ("epochs", "batch_size", "ckpt_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+    @property
+    def network_config(self):
+        return dataclasses.replace(get_kind(self.model).presets[self.preset], conv_impl=self.conv_impl)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(data=str(self.data), runs_dir=str(self.runs_dir), checkpoints=str(self.checkpoints), betas=list(self.betas))
+        d["network"] = self.network_config.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})

@@ -1,0 +1,72 @@
+"""torchrun / DistributedDataParallel plumbing.
+
+Gradients are all-reduced by hand after each backward (as StyleGAN2-ADA and EDM do for their
+GAN phases) rather than through the DDP wrapper: the discriminator runs several forwards per
+backward, and the generator step must not sync D's gradients at all.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device_kind: str) -> Dist:
+    """Join the process group when launched by torchrun (RANK/WORLD_SIZE set), else single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), world=world)
+
+
+def shutdown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_module(module: nn.Module, d: Dist) -> None:
+    """Make every rank start from rank 0's weights and buffers."""
+    if d.enabled:
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+def all_reduce_gradients(module: nn.Module, d: Dist) -> None:
+    """Average the gradients of `module` over ranks in one flat all-reduce."""
+    if not d.enabled:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= d.world
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
+    """True on every rank if `flag` is true on any rank (e.g. a stop request)."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -1,0 +1,52 @@
+"""Training metrics: a progress bar, TensorBoard events and metrics.jsonl (one JSON object per line)."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool, progress: bool):
+        self.enabled = enabled
+        self.jsonl = open(run_dir / "metrics.jsonl", "a") if enabled else None
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # tensorboard is the [train] extra; metrics.jsonl still works
+                self.tb = None
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not (enabled and progress))
+
+    def scalars(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, "epoch": epoch, "time": round(time.time(), 3), **values}) + "\n")
+        self.jsonl.flush()
+        if self.tb:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k != "lr"}, refresh=False)
+
+    def image(self, tag: str, step: int, grid: np.ndarray) -> None:
+        if self.tb:
+            self.tb.add_image(tag, torch.from_numpy(grid).permute(2, 0, 1), step)
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def write(self, message: str) -> None:
+        if self.enabled:
+            tqdm.write(message)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb:
+            self.tb.close()

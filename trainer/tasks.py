@@ -1,0 +1,122 @@
+"""One training step per model kind. The loop calls `train_step(x)` and knows nothing else of them."""
+
+import contextlib
+
+import torch
+import torch.nn as nn
+
+from models_core.dcgan import Discriminator, Generator
+from models_core.losses import discriminator_loss, generator_loss, reconstruction_loss, vae_loss
+from models_core.registry import build_model
+from trainer.config import TrainConfig
+from trainer.distributed import Dist, all_reduce_gradients, broadcast_module
+
+
+def clip(module: nn.Module, max_norm: float) -> None:
+    if max_norm > 0:
+        nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+
+
+def adam(module: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=cfg.betas)
+
+
+def prepare(net: nn.Module, cfg: TrainConfig, device: torch.device, d: Dist) -> tuple[nn.Module, nn.Module]:
+    """(the network itself, the callable the step runs: compiled when asked)."""
+    net = net.to(device, memory_format=torch.channels_last)
+    broadcast_module(net, d)
+    return net, (torch.compile(net) if cfg.compile else net)
+
+
+class AutoencoderTask:
+    """AE: MSE. VAE: MSE + beta·KL with the reparameterised sample."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, autocast, d: Dist):
+        self.cfg, self.autocast, self.dist = cfg, autocast, d
+        self.net, self.run = prepare(build_model(cfg.model, cfg.network_config), cfg, device, d)
+        self.opt = adam(self.net, cfg)
+        self.is_vae = cfg.model == "vae"
+
+    @property
+    def inference_net(self) -> nn.Module:
+        return self.net
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt}
+
+    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            if self.is_vae:
+                recon, mu, logvar = self.run(x)
+                loss, rec, kl = vae_loss(x, recon.float(), mu.float(), logvar.float(), self.cfg.beta_kl)
+            else:
+                rec = loss = reconstruction_loss(x, self.run(x).float())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        all_reduce_gradients(self.net, self.dist)
+        clip(self.net, self.cfg.grad_clip)
+        self.opt.step()
+        metrics = {"loss": loss.detach(), "recon": rec.detach()}
+        if self.is_vae:
+            metrics["kl"] = kl.detach()
+        return metrics
+
+
+class GANTask:
+    """DCGAN with the non-saturating loss: one D update, then one G update on the same fakes."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, autocast, d: Dist):
+        self.cfg, self.autocast, self.dist, self.device = cfg, autocast, d, device
+        self.G, self.run_G = prepare(Generator(cfg.network_config), cfg, device, d)
+        self.D, self.run_D = prepare(Discriminator(cfg.network_config), cfg, device, d)
+        self.opt_G, self.opt_D = adam(self.G, cfg), adam(self.D, cfg)
+
+    @property
+    def inference_net(self) -> nn.Module:
+        return self.G
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"G": self.G, "D": self.D}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_G": self.opt_G, "opt_D": self.opt_D}
+
+    def train_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = torch.randn(real.shape[0], self.G.latent_dim, device=self.device)
+        with self.autocast():
+            fake = self.run_G(z)
+
+        # Update D: push D(x) up and D(G(z)) down.
+        with self.autocast():
+            real_logits, fake_logits = self.run_D(real).float(), self.run_D(fake.detach()).float()
+        loss_D = discriminator_loss(real_logits, fake_logits)
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_D.backward()
+        all_reduce_gradients(self.D, self.dist)
+        clip(self.D, self.cfg.grad_clip)
+        self.opt_D.step()
+
+        # Update G: make D call the same fakes real. D's weights are frozen for this backward.
+        self.D.requires_grad_(False)
+        with self.autocast():
+            loss_G = generator_loss(self.run_D(fake).float())
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_G.backward()
+        self.D.requires_grad_(True)
+        all_reduce_gradients(self.G, self.dist)
+        clip(self.G, self.cfg.grad_clip)
+        self.opt_G.step()
+
+        return {
+            "loss_D": loss_D.detach(),
+            "loss_G": loss_G.detach(),
+            "D_x": torch.sigmoid(real_logits.detach()).mean(),
+            "D_G_z": torch.sigmoid(fake_logits.detach()).mean(),
+        }
+
+
+def make_task(cfg: TrainConfig, device: torch.device, autocast=contextlib.nullcontext, d: Dist = Dist()):
+    return GANTask(cfg, device, autocast, d) if cfg.model == "gan" else AutoencoderTask(cfg, device, autocast, d)
