@@ -15,7 +15,8 @@ Other commands:
   python -m trainer prepare-data SOURCE --out DIR   pack CelebA into a 64×64 uint8 dataset
   python -m trainer evaluate --model NAME           score a published version
 
-Multi-GPU / multi-node: torchrun --nproc_per_node=N -m trainer --model gan --data DIR
+Multi-GPU: torchrun --standalone --nproc_per_node=N -m trainer --model gan --data DIR
+Multi-node: torchrun --nnodes=M --nproc_per_node=N --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m trainer ...
 """
 
 

@@ -1,0 +1,103 @@
+import hashlib
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from tests.trainer.conftest import REPO, face, run_trainer, write_celeba, zip_folder
+from trainer.data import PackedFaces, prepare_data
+from trainer.sources import SourceError, find_source
+
+
+def check_packed(out, n):
+    ds = PackedFaces.open(out)
+    assert ds.images.shape == (n, 64, 64, 3) and ds.images.dtype == np.uint8
+    assert ds.fingerprint == hashlib.sha256(np.ascontiguousarray(ds.images).tobytes()).hexdigest()
+    # The centred square of a 178×218 face excludes the red bands entirely.
+    assert not ((ds.images[..., 0] > 200) & (ds.images[..., 1] < 50)).any()
+    return ds
+
+
+def test_official_folder_layout_uses_the_partition(tmp_path):
+    write_celeba(tmp_path / "src", 9)
+    report = prepare_data(tmp_path / "src", tmp_path / "out", workers=2, progress=False)
+    ds = check_packed(tmp_path / "out", 9)
+    assert report["split_kind"] == "official" and report["layout"] == "celeba-folder"
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 3, "valid": 3, "test": 3}
+    assert (tmp_path / "out" / "names.txt").read_text().split() == [f"{i:06d}.jpg" for i in range(1, 10)]
+    # Rows follow the sorted names, and each face keeps its own colour.
+    assert ds.images[4, 32, 32, 0] == pytest.approx((4 * 37) % 180, abs=3)
+
+
+def test_torchvision_layout(tmp_path):
+    write_celeba(tmp_path / "root" / "celeba", 6)
+    report = prepare_data(tmp_path / "root", tmp_path / "out", workers=1, progress=False)
+    assert report["layout"] == "torchvision" and report["split_kind"] == "official"
+    check_packed(tmp_path / "out", 6)
+
+
+def test_official_zip_with_a_partition_file_that_lists_absent_images(tmp_path):
+    names = write_celeba(tmp_path / "unpacked", 6, partition_extra=50)
+    (tmp_path / "dl").mkdir()
+    zip_folder(tmp_path / "unpacked", tmp_path / "dl" / "img_align_celeba.zip")
+    (tmp_path / "dl" / "list_eval_partition.txt").write_text((tmp_path / "unpacked" / "list_eval_partition.txt").read_text())
+    for source in (tmp_path / "dl" / "img_align_celeba.zip", tmp_path / "dl"):
+        out = tmp_path / f"out-{source.suffix or 'dir'}"
+        report = prepare_data(source, out, workers=2, progress=False)
+        assert report["splits"] == {"train": 2, "valid": 2, "test": 2}
+        assert (out / "names.txt").read_text().split() == names
+        check_packed(out, 6)
+
+
+def test_any_folder_of_images_gets_a_seeded_split(tmp_path):
+    for i in range(20):
+        sub = tmp_path / "faces" / ("a" if i % 2 else "b/deeper")
+        sub.mkdir(parents=True, exist_ok=True)
+        face(i, (64, 80)).save(sub / f"img{i:02d}.png")
+    report = prepare_data(tmp_path / "faces", tmp_path / "out", workers=1, progress=False, seed=3)
+    assert report["split_kind"].startswith("seeded") and report["splits"] == {"train": 16, "valid": 2, "test": 2}
+    ds = PackedFaces.open(tmp_path / "out")
+    assert sorted(np.concatenate(list(ds.splits.values())).tolist()) == list(range(20))
+    again = prepare_data(tmp_path / "faces", tmp_path / "out2", workers=1, progress=False, seed=3)
+    assert again["fingerprint"] == report["fingerprint"]
+    assert np.array_equal(PackedFaces.open(tmp_path / "out2").splits["test"], ds.splits["test"])
+
+
+def test_corrupt_files_are_skipped_counted_and_listed(tmp_path):
+    write_celeba(tmp_path / "src", 5)
+    (tmp_path / "src" / "img_align_celeba" / "000002.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    data = (tmp_path / "src" / "img_align_celeba" / "000004.jpg").read_bytes()
+    (tmp_path / "src" / "img_align_celeba" / "000004.jpg").write_bytes(data[: len(data) // 3])
+    report = prepare_data(tmp_path / "src", tmp_path / "out", workers=2, progress=False)
+    assert report["n_skipped"] == 2 and report["n_images"] == 3
+    assert sorted(s["file"].rsplit("/", 1)[-1] for s in report["skipped"]) == ["000002.jpg", "000004.jpg"]
+    check_packed(tmp_path / "out", 3)
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text())["n_skipped"] == 2
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.mkdir(), "contains no images"),
+    (lambda p: p.write_text("hello"), "not a zip archive"),
+])
+def test_wrong_sources_are_clear_errors(tmp_path, setup, message):
+    source = tmp_path / "source"
+    setup(source)
+    with pytest.raises(SourceError, match=message):
+        find_source(source)
+
+
+def test_cli_reports_and_refuses_to_overwrite(tmp_path):
+    write_celeba(tmp_path / "src", 4)
+    (tmp_path / "src" / "img_align_celeba" / "000003.jpg").write_bytes(b"not a jpeg")
+    proc = run_trainer("prepare-data", tmp_path / "src", "--out", tmp_path / "out", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "packed 3 faces" in proc.stdout and "skipped 1 unreadable" in proc.stdout and "000003.jpg" in proc.stdout
+    proc = run_trainer("prepare-data", tmp_path / "src", "--out", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 1 and "already exists; pass --overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_trainer("prepare-data", tmp_path / "nowhere", "--out", tmp_path / "o2", cwd=tmp_path)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o2").exists()
+    proc = run_trainer("prepare-data", "--help", cwd=REPO)
+    assert proc.returncode == 0 and "178×178" in proc.stdout

@@ -1,0 +1,170 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models_core.checkpoint import WEIGHTS_FILE, CheckpointStore
+from tests.trainer.conftest import REPO, run_trainer
+from trainer.data import PackedFaces
+from trainer.state import STATE_FILE, load_training_state
+
+TINY = ["--preset", "tiny", "--no-progress", "--pca-samples", "32"]
+
+
+def train(tmp_path, model, *args, **kwargs):
+    return run_trainer("--model", model, "--runs-dir", tmp_path / "runs", "--checkpoints", tmp_path / "ckpt", *TINY, *args,
+                       cwd=tmp_path, **kwargs)
+
+
+def run_dir(tmp_path, name):
+    return next(p for p in (tmp_path / "runs").iterdir() if p.name.endswith(f"-{name}"))
+
+
+def test_vae_run_publishes_a_version_the_store_loads(tmp_path, packed):
+    proc = train(tmp_path, "vae", "--data", packed, "--epochs", "2", "--batch-size", "16", "--log-every", "2")
+    assert proc.returncode == 0, proc.stderr
+    store = CheckpointStore(tmp_path / "ckpt")
+    ckpt = store.load("vae")
+    m = ckpt.manifest
+    assert (m.kind, m.version, m.step, m.epoch) == ("vae", 1, 8, 2)  # 64 train faces / 16 = 4 steps per epoch
+    assert m.data_fingerprint == PackedFaces.open(packed).fingerprint
+    assert set(m.metrics) == {"loss", "recon", "kl"}
+    assert ckpt.pca is not None and ckpt.pca.components.shape == (8, 8)  # from the 16 valid faces
+
+    run = run_dir(tmp_path, "vae")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [2, 4, 6, 8]
+    assert {"loss", "recon", "kl", "img_per_s", "lr", "epoch"} <= set(lines[0])
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert len(list((run / "samples").glob("*.png"))) == 2
+    assert json.loads((run / "config.json").read_text())["network"]["latent_dim"] == 8
+
+
+def test_gan_publishes_the_ema_generator_and_a_ganspace_basis(tmp_path, packed):
+    proc = train(tmp_path, "gan", "--data", packed, "--epochs", "1", "--publish-dtype", "bfloat16")
+    assert proc.returncode == 0, proc.stderr
+    ckpt = CheckpointStore(tmp_path / "ckpt").load("gan")
+    assert ckpt.manifest.step == 2 and ckpt.manifest.weights_dtype == "bfloat16"  # 64 faces / batch 32
+    state = load_training_state(run_dir(tmp_path, "gan") / STATE_FILE)
+    published = load_file(ckpt.path / WEIGHTS_FILE)
+    ema, raw = state["ema"]["net"], state["modules"]["G"]
+    key = "project.0.weight"
+    torch.testing.assert_close(published[key].float(), ema[key].bfloat16().float())
+    assert not torch.allclose(ema[key], raw[key])
+    assert "D" in state["modules"] and not any(k.startswith("classifier") for k in published)
+    basis = ckpt.pca
+    assert basis.n_components == 8 and torch.allclose(basis.components.norm(dim=1), torch.ones(8), atol=1e-5)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, packed):
+    common = ["--data", packed, "--epochs", "3", "--batch-size", "16", "--ckpt-every", "3"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    assert train(a, "ae", *common).returncode == 0
+    first = train(b, "ae", *common, "--max-steps", "5")
+    assert first.returncode == 0, first.stderr
+    assert load_training_state(run_dir(b, "ae") / STATE_FILE)["step"] == 5
+    second = train(b, "ae", "--resume", "--max-steps", "12")
+    assert second.returncode == 0, second.stderr
+    assert "7 steps to go" in second.stdout
+    full, resumed = CheckpointStore(a / "ckpt").load("ae"), CheckpointStore(b / "ckpt").load("ae", 2)
+    assert resumed.manifest.step == full.manifest.step == 12
+    for (k, x), y in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+def test_resume_refuses_changed_hyperparameters_and_missing_runs(tmp_path, packed):
+    proc = train(tmp_path, "ae", "--resume")
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+    assert train(tmp_path, "ae", "--data", packed, "--max-steps", "1").returncode == 0
+    proc = train(tmp_path, "ae", "--resume", "--lr", "0.1")
+    assert proc.returncode == 2 and "cannot change --lr when resuming" in proc.stderr
+
+
+def wait_for(predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def start_long_run(tmp_path, packed, *extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "trainer", "--model", "ae", "--data", str(packed), "--epochs", "1000", "--batch-size", "16",
+           "--runs-dir", str(tmp_path / "runs"), "--checkpoints", str(tmp_path / "ckpt"), *TINY, *extra]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def saved_step(tmp_path):
+    try:
+        return load_training_state(run_dir(tmp_path, "ae") / STATE_FILE)["step"]
+    except (StopIteration, FileNotFoundError, OSError, KeyError):
+        return 0
+
+
+def test_sigterm_snapshots_and_exits_cleanly(tmp_path, packed):
+    proc = start_long_run(tmp_path, packed, "--ckpt-every", "1000")
+    assert wait_for(lambda: (tmp_path / "runs").exists() and any((p / "metrics.jsonl").exists() for p in (tmp_path / "runs").iterdir()))
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by signal 15" in stdout and "Traceback" not in stderr
+    assert saved_step(tmp_path) > 0
+
+
+def test_sigkill_loses_at_most_one_interval_and_resumes(tmp_path, packed):
+    proc = start_long_run(tmp_path, packed, "--ckpt-every", "4")
+    assert wait_for(lambda: saved_step(tmp_path) >= 8)
+    proc.kill()
+    proc.wait(timeout=30)
+    step = saved_step(tmp_path)
+    assert step % 4 == 0 and step >= 8
+    resumed = train(tmp_path, "ae", "--resume", "--max-steps", str(step + 3))
+    assert resumed.returncode == 0, resumed.stderr
+    assert CheckpointStore(tmp_path / "ckpt").load("ae").manifest.step == step + 3
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path, packed):
+    proc = train(tmp_path, "ae", "--data", packed, "--epochs", "50", "--batch-size", "16", "--lr", "1e30",
+                 "--ckpt-every", "1", "--log-every", "1")
+    assert proc.returncode == 1
+    assert "became non-finite" in proc.stderr and "Traceback" not in proc.stderr
+    state = load_training_state(run_dir(tmp_path, "ae") / STATE_FILE)
+    assert all(torch.isfinite(v).all() for v in state["modules"]["net"].values() if v.is_floating_point())
+    assert CheckpointStore(tmp_path / "ckpt").versions("ae") == []
+
+
+def test_bad_command_lines_are_explained(tmp_path, packed):
+    proc = train(tmp_path, "vae")
+    assert proc.returncode == 2 and "--data is required" in proc.stderr
+    proc = train(tmp_path, "vae", "--data", tmp_path)
+    assert proc.returncode == 1 and "is not a prepared dataset" in proc.stderr and "Traceback" not in proc.stderr
+    proc = train(tmp_path, "vae", "--data", packed, "--device", "cuda:0")
+    if not torch.cuda.is_available():
+        assert proc.returncode == 1 and "no usable CUDA device" in proc.stderr
+    proc = run_trainer("--help", cwd=REPO)
+    assert proc.returncode == 0
+    for option in ("--beta-kl", "--ema", "--resume", "--ckpt-every", "--publish-every", "prepare-data", "torchrun"):
+        assert option in proc.stdout
+
+
+def test_torchrun_two_cpu_processes_publish_one_version(tmp_path, packed):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer",
+           "--model", "gan", "--data", str(packed), "--epochs", "2", "--batch-size", "8",
+           "--runs-dir", str(tmp_path / "runs"), "--checkpoints", str(tmp_path / "ckpt"), *TINY]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = CheckpointStore(tmp_path / "ckpt")
+    assert store.versions("gan") == [1]
+    assert store.load("gan").manifest.step == 8  # 64 faces / (8 per rank × 2 ranks) = 4 steps per epoch
+    assert len(list((tmp_path / "runs").iterdir())) == 1
