@@ -1,0 +1,142 @@
+"""python -m trainer evaluate: score a published version against held-out real faces.
+
+Metrics that need no downloaded network:
+  - AE/VAE reconstruction MSE (images in [-1, 1]) and PSNR (dB, images in [0, 1]) on held-out faces;
+  - sliced Wasserstein distance between 7×7 patches of Laplacian pyramids of samples and of real
+    faces (Karras et al. 2018, "Progressive Growing of GANs", §5), ×1e3 as that paper reports it.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models_core.checkpoint import CheckpointError, CheckpointStore
+from models_core.latent import sample_prior
+from trainer.data import FaceBatches, PackedFaces, SourceError
+
+GAUSS = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    k = (GAUSS[:, None] * GAUSS[None, :]).to(x)[None, None].expand(x.shape[1], 1, 5, 5)
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, groups=x.shape[1])
+
+
+def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """Band-pass levels, finest first, ending with the coarsest Gaussian level."""
+    out = []
+    for _ in range(levels - 1):
+        down = _blur(x)[:, :, ::2, ::2]
+        up = torch.zeros_like(x)
+        up[:, :, ::2, ::2] = down
+        out.append(x - 4 * _blur(up))
+        x = down
+    return out + [x]
+
+
+def random_patches(x: torch.Tensor, n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """(B, C, H, W) -> (B·n, C·size²) patches at random positions."""
+    b, c, h, w = x.shape
+    ys = torch.randint(0, h - size + 1, (b, n), generator=g)
+    xs = torch.randint(0, w - size + 1, (b, n), generator=g)
+    off = torch.arange(size)
+    rows = (ys[:, :, None] + off)[:, :, :, None].expand(b, n, size, size)
+    cols = (xs[:, :, None] + off)[:, :, None, :].expand(b, n, size, size)
+    batch = torch.arange(b)[:, None, None, None].expand(b, n, size, size)
+    patches = x.permute(0, 2, 3, 1)[batch, rows, cols]  # (B, n, size, size, C)
+    return patches.reshape(b * n, -1)
+
+
+def pyramid_descriptors(images: torch.Tensor, levels: int, seed: int, per_image: int = 128, batch: int = 256):
+    g = torch.Generator().manual_seed(seed)
+    desc = [[] for _ in range(levels)]
+    for i in range(0, len(images), batch):
+        for level, band in enumerate(laplacian_pyramid(images[i : i + batch], levels)):
+            desc[level].append(random_patches(band, per_image, 7, g))
+    return [torch.cat(d) for d in desc]
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_dirs: int = 512, seed: int = 0) -> float:
+    """SWD between two equal-sized descriptor sets, each normalised per dimension (Karras 2018)."""
+    n = min(len(a), len(b))
+    a, b = a[:n], b[:n]
+    a = (a - a.mean(0)) / a.std(0).clamp_min(1e-8)
+    b = (b - b.mean(0)) / b.std(0).clamp_min(1e-8)
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(a.shape[1], n_dirs, generator=g)
+    dirs /= dirs.norm(dim=0, keepdim=True)
+    pa, pb = (a @ dirs).sort(0).values, (b @ dirs).sort(0).values
+    return (pa - pb).abs().mean().item()
+
+
+def swd_by_level(fake: torch.Tensor, real: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """{'swd_x1e3_64': ..., 'swd_x1e3_32': ..., 'swd_x1e3_16': ..., 'swd_x1e3_avg': ...}"""
+    levels = 3
+    fd, rd = pyramid_descriptors(fake, levels, seed), pyramid_descriptors(real, levels, seed + 1)
+    size = fake.shape[-1]
+    out = {f"swd_x1e3_{size >> i}": 1e3 * sliced_wasserstein(f, r, seed=seed + i) for i, (f, r) in enumerate(zip(fd, rd))}
+    out["swd_x1e3_avg"] = sum(out.values()) / levels
+    return out
+
+
+@torch.no_grad()
+def reconstruction_metrics(net, faces_u8: torch.Tensor, device, batch: int = 250) -> dict[str, float]:
+    sq_err, psnr = [], []
+    for i in tqdm(range(0, len(faces_u8), batch), desc="reconstructing", leave=False):
+        x = FaceBatches.to_float(faces_u8[i : i + batch].to(device), None)
+        err = (net.decode(net.embed(x)).float() - x).pow(2).flatten(1).mean(1)  # per image, [-1, 1] scale
+        sq_err.append(err.cpu())
+        psnr.append((10 * torch.log10(4 / err.clamp_min(1e-10))).cpu())  # [0, 1] scale: mse / 4
+    return {"recon_mse": torch.cat(sq_err).mean().item(), "recon_psnr_db": torch.cat(psnr).mean().item()}
+
+
+@torch.no_grad()
+def generate(net, n: int, device, seed: int, batch: int = 250) -> torch.Tensor:
+    z = sample_prior(n, net.latent_dim, torch.Generator().manual_seed(seed))
+    return torch.cat([net.decode(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+
+
+def evaluate(store: CheckpointStore, name: str, version: int | None, data: PackedFaces, split: str, n: int,
+             device: torch.device, seed: int = 0) -> dict:
+    ckpt = store.load(name, version, device=device)
+    real_u8 = data.tensor(split, "cpu", limit=n)
+    real = FaceBatches.to_float(real_u8, None)
+    metrics = {"eval_split": split, "eval_n_real": len(real), "eval_n_fake": len(real), "eval_data_fingerprint": data.fingerprint}
+    if hasattr(ckpt.model, "embed"):
+        metrics.update(reconstruction_metrics(ckpt.model, real_u8, device))
+    metrics.update(swd_by_level(generate(ckpt.model, len(real), device, seed), real, seed))
+    store.update_metrics(name, ckpt.manifest.version, metrics)
+    return {"version": ckpt.manifest.version, **metrics}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model name in the checkpoint store")
+    p.add_argument("--version", type=int, help="version to score (default: latest)")
+    p.add_argument("--data", type=Path, required=True, help="prepared dataset with the held-out faces")
+    p.add_argument("--split", choices=["valid", "test", "train"], help="which faces (default: test, else valid)")
+    p.add_argument("--n", type=int, default=2000, help="real faces and samples per side (default: %(default)s)")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="checkpoint root (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for samples and patch positions (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.n < 16:
+        p.error("--n must be at least 16")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    try:
+        data = PackedFaces.open(args.data)
+        split = args.split or next((s for s in ("test", "valid") if len(data.splits[s])), "train")
+        if len(data.splits[split]) < 16:
+            raise SourceError(f"split {split!r} of {args.data} has {len(data.splits[split])} faces; need at least 16")
+        result = evaluate(CheckpointStore(args.checkpoints), args.model, args.version, data, split, args.n, device, args.seed)
+    except (CheckpointError, SourceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.model} v{result.pop('version')}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    print("FID/KID are not computed here: they need the Inception network, which this build does not ship.")
+    return 0
