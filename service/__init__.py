@@ -1,1 +1,1 @@
-"""Placeholder: built by its own issue."""
+"""facegen's HTTP inference service: python -m service (see service.settings for configuration)."""

@@ -1,0 +1,28 @@
+"""python -m service: serve the checkpoint root over HTTP (configuration: FACEGEN_* variables)."""
+
+import argparse
+import logging
+
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve facegen models over HTTP. Every option can also be set as an environment "
+                    "variable FACEGEN_<NAME> (e.g. FACEGEN_CHECKPOINT_ROOT); options win.")
+    parser.add_argument("--checkpoint-root", help="checkpoint store to serve (default: checkpoints)")
+    parser.add_argument("--host", help="interface to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: 8000)")
+    parser.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    args = parser.parse_args(argv)
+    settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""create_app(): the FastAPI application. Models load in the lifespan, never at import time."""
+
+import asyncio
+import contextlib
+import logging
+import time
+from importlib import resources
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
+from PIL import Image
+
+from models_core.images import from_uint8
+from service.errors import install_error_handlers
+from service.metrics import ServiceMetrics
+from service.registry import ModelRegistry
+from service.responses import PngCache
+from service.routes import images, meta
+from service.settings import Settings
+
+log = logging.getLogger("facegen.service")
+
+DESCRIPTION = """Sample, reconstruct, interpolate and explore faces from autoencoder, VAE and DCGAN
+models. Image endpoints return PNG grids; the same request against the same version returns the
+same bytes. Errors are JSON: `{"error": ..., "detail": ...}`."""
+
+
+def bundled_faces() -> torch.Tensor:
+    """(64, 3, 64, 64) held-out faces in [-1, 1], shipped as one 8×8 PNG grid."""
+    with resources.files("service").joinpath("data/faces.png").open("rb") as f:
+        grid = np.asarray(Image.open(f).convert("RGB"))
+    faces = grid.reshape(8, 64, 8, 64, 3).transpose(0, 2, 4, 1, 3).reshape(64, 3, 64, 64)
+    return from_uint8(torch.from_numpy(np.ascontiguousarray(faces)))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        registry = ModelRegistry(settings, on_batch=metrics.observe_batch)
+        app.state.registry = registry
+        await registry.refresh()
+        if not registry.latest:
+            log.warning("no models found under %s; /readyz stays 503 until one is published", settings.checkpoint_root)
+        poller = asyncio.get_running_loop().create_task(registry.poll())
+        yield
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+        await registry.close()
+
+    app = FastAPI(title="facegen", description=DESCRIPTION, version="0.1.0", lifespan=lifespan)
+    app.state.settings, app.state.metrics = settings, metrics
+    app.state.cache = PngCache(settings.cache_size)
+    app.state.faces = bundled_faces()
+    install_error_handlers(app)
+    app.include_router(images.router)
+    app.include_router(meta.router)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        model = getattr(request.state, "model", "")
+        metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint, model).observe(time.perf_counter() - start)
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(resources.files("service").joinpath("static/index.html").read_text())
+
+    return app

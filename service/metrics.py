@@ -1,0 +1,23 @@
+"""Prometheus metrics, in a registry of the app's own (so several apps can live in one process)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class ServiceMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("facegen_requests", "HTTP requests", ["endpoint", "model", "status"], registry=self.registry)
+        self.latency = Histogram("facegen_request_seconds", "request latency", ["endpoint", "model"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_rows = Histogram("facegen_batch_rows", "latents decoded per forward pass", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batches = Counter("facegen_batches", "forward passes", ["model"], registry=self.registry)
+        self.queue_depth = Gauge("facegen_queue_depth", "requests waiting per model", ["model"], registry=self.registry)
+        self.served_version = Gauge("facegen_served_version", "version being served", ["model"], registry=self.registry)
+
+    def observe_batch(self, model: str, rows: int) -> None:
+        self.batch_rows.labels(model).observe(rows)
+        self.batches.labels(model).inc()

@@ -1,0 +1,155 @@
+"""Models being served: loaded and verified from the checkpoint store, hot-swapped on new versions."""
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from models_core.checkpoint import MODEL_NAME_RE, Checkpoint, CheckpointError, CheckpointStore
+from models_core.latent import PcaBasis
+from service.batching import DecodeBatcher
+from service.errors import ApiError
+from service.settings import Settings
+
+log = logging.getLogger("facegen.service")
+
+OLD_VERSIONS_KEPT = 4  # explicitly requested non-latest versions held in memory (LRU)
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: int
+    checkpoint: Checkpoint
+    batcher: DecodeBatcher
+    device: torch.device
+    autocast: object = field(repr=False, default=contextlib.nullcontext)
+
+    @property
+    def manifest(self):
+        return self.checkpoint.manifest
+
+    @property
+    def net(self):
+        return self.checkpoint.model
+
+    @property
+    def latent_dim(self) -> int:
+        return self.net.latent_dim
+
+    @property
+    def has_encoder(self) -> bool:
+        return hasattr(self.net, "embed")
+
+    @property
+    def basis(self) -> PcaBasis | None:
+        return self.checkpoint.pca
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Blocking; call from the executor."""
+        with torch.inference_mode(), self.autocast():
+            return self.net.embed(x.to(self.device)).float().cpu()
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, on_batch=lambda name, n: None):
+        self.settings = settings
+        self.store = CheckpointStore(settings.checkpoint_root)
+        self.device = torch.device(settings.device)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.latest: dict[str, ServedModel] = {}
+        self.older: OrderedDict[tuple[str, int], ServedModel] = OrderedDict()
+        self.refused: set[tuple[str, int]] = set()  # versions that failed verification
+        self.on_batch = on_batch
+        self.lock = asyncio.Lock()
+        bf16 = settings.precision == "bf16" or (settings.precision == "auto" and self.device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def names(self) -> list[str]:
+        names = self.settings.models if self.settings.models is not None else self.store.models()
+        return [n for n in names if MODEL_NAME_RE.match(n)]
+
+    async def _load(self, name: str, version: int) -> ServedModel:
+        loop = asyncio.get_running_loop()
+        ckpt = await loop.run_in_executor(self.executor, self.store.load, name, version, self.device)
+        net = ckpt.model
+
+        def forward(z: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), self.autocast():
+                return net.decode(z.to(self.device)).float().cpu()
+
+        s = self.settings
+        batcher = DecodeBatcher(forward, self.executor, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
+                                on_batch=lambda n: self.on_batch(name, n))
+        return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.autocast)
+
+    async def refresh(self) -> None:
+        """Serve the newest version of every model; a version that fails verification is refused
+        (once, with a log line) and the one already serving stays."""
+        async with self.lock:
+            for name in self.names():
+                try:
+                    versions = self.store.versions(name)
+                except CheckpointError:
+                    continue
+                current = self.latest.get(name)
+                for version in reversed(versions):
+                    if current and version <= current.version:
+                        break
+                    if (name, version) in self.refused:
+                        continue
+                    try:
+                        served = await self._load(name, version)
+                    except CheckpointError as e:
+                        self.refused.add((name, version))
+                        log.error("refusing %s v%d: %s", name, version, e)
+                        continue
+                    self.latest[name] = served
+                    if current:
+                        log.info("now serving %s v%d (was v%d)", name, version, current.version)
+                        asyncio.get_running_loop().create_task(current.batcher.retire())
+                    else:
+                        log.info("serving %s v%d", name, version)
+                    break
+
+    async def poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_seconds)
+            try:
+                await self.refresh()
+            except Exception:  # keep polling whatever one pass hit
+                log.exception("checkpoint poll failed")
+
+    async def get(self, name: str, version: int | None) -> ServedModel:
+        if name not in self.latest:
+            raise ApiError(404, f"unknown model {name!r}", f"models served: {', '.join(sorted(self.latest)) or 'none'}")
+        latest = self.latest[name]
+        if version is None or version == latest.version:
+            return latest
+        key = (name, version)
+        if key in self.older:
+            self.older.move_to_end(key)
+            return self.older[key]
+        if key in self.refused or version not in self.store.versions(name):
+            available = [v for v in self.store.versions(name) if (name, v) not in self.refused]
+            raise ApiError(404, f"model {name!r} has no version {version}", f"available versions: {available}")
+        try:
+            served = await self._load(name, version)
+        except CheckpointError as e:
+            self.refused.add(key)
+            log.error("refusing %s v%d: %s", name, version, e)
+            raise ApiError(404, f"model {name!r} version {version} failed verification and is not served") from None
+        self.older[key] = served
+        while len(self.older) > OLD_VERSIONS_KEPT:
+            _, evicted = self.older.popitem(last=False)
+            asyncio.get_running_loop().create_task(evicted.batcher.retire())
+        return served
+
+    async def close(self) -> None:
+        for served in [*self.latest.values(), *self.older.values()]:
+            await served.batcher.retire(grace=1.0)
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,54 @@
+"""PNG grid responses: deterministic bytes, ETag from the request's identity, an LRU of encoded PNGs."""
+
+import hashlib
+import json
+from collections import OrderedDict
+
+import torch
+from fastapi import Request, Response
+
+from models_core.images import encode_png, image_grid
+
+IMMUTABLE = "public, max-age=31536000, immutable"  # an explicit version never changes
+REVALIDATE = "public, max-age=0, must-revalidate"  # "latest" may move on to a new version
+
+
+class PngCache:
+    def __init__(self, size: int):
+        self.size, self.items = size, OrderedDict()
+
+    def get(self, key: str) -> bytes | None:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        return None
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.size:
+            self.items[key] = data
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+def etag_for(endpoint: str, model: str, version: int, params: dict) -> str:
+    identity = json.dumps([endpoint, model, version, sorted(params.items())], default=str)
+    return '"' + hashlib.sha256(identity.encode()).hexdigest()[:32] + '"'
+
+
+def identity_headers(model: str, version: int, seed: int | None) -> dict[str, str]:
+    headers = {"X-Model": model, "X-Model-Version": str(version)}
+    if seed is not None:
+        headers["X-Seed"] = str(seed)
+    return headers
+
+
+def not_modified(request: Request, etag: str) -> bool:
+    return etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]
+
+
+def grid_png(images: torch.Tensor, nrow: int) -> bytes:
+    return encode_png(image_grid(images, nrow=nrow))
+
+
+def png_response(data: bytes, headers: dict[str, str]) -> Response:
+    return Response(content=data, media_type="image/png", headers=headers)

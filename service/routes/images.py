@@ -1,0 +1,261 @@
+"""Image endpoints: every one returns a PNG grid."""
+
+import asyncio
+import math
+from typing import Annotated, Callable, Literal
+
+import torch
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+
+from models_core.checkpoint import MODEL_NAME_RE
+from models_core.images import ImageDecodeError, decode_image
+from models_core.latent import interpolation_path, latent_sweep, sample_prior
+from service.batching import QueueFull
+from service.errors import ApiError
+from service.registry import ModelRegistry, ServedModel
+from service.responses import IMMUTABLE, REVALIDATE, etag_for, grid_png, identity_headers, not_modified, png_response
+
+router = APIRouter(tags=["images"])
+PNG = {200: {"content": {"image/png": {}}, "description": "a PNG grid"}, 304: {"description": "not modified (ETag)"}}
+
+Seed = Annotated[int, Query(ge=0, le=2**63 - 1, description="seed of the latents; same seed, same faces", examples=[0])]
+Nrow = Annotated[int | None, Query(ge=1, le=64, description="images per row (default: a square-ish grid)", examples=[8])]
+Span = Annotated[float, Query(gt=0, le=10, description="sweep from -span to +span standard deviations", examples=[3.0])]
+GridSteps = Annotated[int, Query(ge=2, le=16, description="grid side: steps × steps images", examples=[10])]
+
+
+async def served_model(
+    request: Request,
+    model: Annotated[str | None, Query(pattern=MODEL_NAME_RE.pattern, max_length=64,
+                                       description="model name: ae, vae, gan or any published name (default: gan if served)",
+                                       examples=["gan"])] = None,
+    version: Annotated[int | None, Query(ge=1, le=10**9, description="model version (default: latest)", examples=[1])] = None,
+) -> ServedModel:
+    registry: ModelRegistry = request.app.state.registry
+    name = model or next((n for n in ("gan", "vae", "ae") if n in registry.latest), next(iter(sorted(registry.latest)), "gan"))
+    request.state.model = name
+    served = await registry.get(name, version)
+    request.state.pinned = version is not None
+    return served
+
+
+ServedDep = Annotated[ServedModel, Depends(served_model)]
+
+
+def prior_latents(served: ServedModel, n: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if served.manifest.kind == "ae" and served.basis is not None:
+        # An autoencoder's latents are not N(0, I): sample the Gaussian its PCA basis describes.
+        return served.basis.to_latent(temperature * torch.randn(n, served.basis.n_components, generator=g))
+    return sample_prior(n, served.latent_dim, g, temperature)
+
+
+async def decode(served: ServedModel, z: torch.Tensor) -> torch.Tensor:
+    try:
+        return await served.batcher.decode(z)
+    except QueueFull:
+        raise ApiError(503, f"model {served.name!r} is busy", "retry shortly", headers={"Retry-After": "1"}) from None
+
+
+async def render(request: Request, served: ServedModel, params: dict, seed: int | None, nrow: int,
+                 latents: Callable[[], torch.Tensor]) -> Response:
+    """Cached, ETagged PNG of decode(latents()) laid out nrow per row."""
+    etag = etag_for(request.url.path, served.name, served.version, params)
+    headers = identity_headers(served.name, served.version, seed) | {
+        "ETag": etag, "Cache-Control": IMMUTABLE if request.state.pinned else REVALIDATE}
+    if not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    cache = request.app.state.cache
+    data = cache.get(etag)
+    if data is None:
+        images = await decode(served, latents())
+        data = await asyncio.to_thread(grid_png, images, nrow)
+        cache.put(etag, data)
+    return png_response(data, headers)
+
+
+def square_nrow(n: int) -> int:
+    return math.ceil(math.sqrt(n))
+
+
+@router.get("/sample", responses=PNG, response_class=Response)
+async def sample(
+    request: Request, served: ServedDep, seed: Seed = 0, nrow: Nrow = None,
+    n: Annotated[int, Query(ge=1, le=256, description="number of faces", examples=[64])] = 64,
+    temperature: Annotated[float, Query(gt=0, le=5, description="scale of the latents (lower: safer, plainer faces)", examples=[1.0])] = 1.0,
+) -> Response:
+    """Random faces drawn from the model's prior."""
+    params = dict(n=n, nrow=nrow, seed=seed, temperature=temperature)
+    return await render(request, served, params, seed, nrow or square_nrow(n), lambda: prior_latents(served, n, seed, temperature))
+
+
+@router.get("/interpolate", responses=PNG, response_class=Response)
+async def interpolate(
+    request: Request, served: ServedDep, seed_a: Seed = 0,
+    seed_b: Annotated[int, Query(ge=0, le=2**63 - 1, description="seed of the end points", examples=[1])] = 1,
+    steps: Annotated[int, Query(ge=2, le=32, description="images along each path, ends included", examples=[8])] = 8,
+    method: Annotated[Literal["slerp", "lerp"], Query(description="great-circle (slerp) or straight (lerp) path")] = "slerp",
+    rows: Annotated[int, Query(ge=1, le=16, description="paths, one per row", examples=[1])] = 1,
+) -> Response:
+    """Paths between latents drawn from seed_a and seed_b, one path per row."""
+    params = dict(seed_a=seed_a, seed_b=seed_b, steps=steps, method=method, rows=rows)
+
+    def latents():
+        z0, z1 = prior_latents(served, rows, seed_a), prior_latents(served, rows, seed_b)
+        return interpolation_path(z0, z1, steps, method).reshape(rows * steps, -1)
+
+    return await render(request, served, params, seed_a, steps, latents)
+
+
+@router.get("/pca-grid", responses=PNG, response_class=Response)
+async def pca_grid(
+    request: Request, served: ServedDep, span: Span = 3.0, steps: GridSteps = 10,
+    pc_x: Annotated[int, Query(ge=0, description="principal direction across the columns", examples=[0])] = 0,
+    pc_y: Annotated[int, Query(ge=0, description="principal direction down the rows", examples=[1])] = 1,
+    seed: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="centre the grid on this sample's latent "
+                                      "(default: the data mean for AE/VAE, seed 0 for the GAN)")] = None,
+) -> Response:
+    """Sweep two principal directions of the latent space (GANSpace directions for the GAN)."""
+    basis = require_basis(served)
+    for name, pc in (("pc_x", pc_x), ("pc_y", pc_y)):
+        if pc >= basis.n_components:
+            raise ApiError(422, f"{name}={pc} is beyond the stored components",
+                           f"{served.name} v{served.version} has components 0..{basis.n_components - 1}")
+    if pc_x == pc_y:
+        raise ApiError(422, "pc_x and pc_y must differ", f"both are {pc_x}")
+    if seed is None and served.manifest.kind == "gan":
+        seed = 0  # z = 0 is an atypical GAN latent (norm 0, not ~sqrt(d)); edit around a real sample
+    params = dict(pc_x=pc_x, pc_y=pc_y, span=span, steps=steps, seed=seed)
+
+    def latents():
+        grid = basis.grid(pc_x, pc_y, span, steps).reshape(steps * steps, -1)
+        return grid if seed is None else grid - basis.mean + prior_latents(served, 1, seed)
+
+    return await render(request, served, params, seed, steps, latents)
+
+
+@router.get("/pca-point", responses=PNG, response_class=Response)
+async def pca_point(
+    request: Request, served: ServedDep,
+    coords: Annotated[str, Query(max_length=400, pattern=r"^\s*-?[0-9.]+(\s*,\s*-?[0-9.]+)*\s*$",
+                                 description="comma-separated coordinates along the first principal directions, in standard deviations",
+                                 examples=["1.5,-0.5"])] = "0",
+) -> Response:
+    """One face at the given coordinates along the first principal directions (the web page's sliders)."""
+    basis = require_basis(served)
+    try:
+        values = [float(c) for c in coords.split(",")]
+    except ValueError:
+        raise ApiError(422, f"coords={coords!r} is not a list of numbers", "e.g. coords=1.5,-0.5") from None
+    if len(values) > basis.n_components or any(not -10 <= v <= 10 for v in values):
+        raise ApiError(422, "coords out of range", f"at most {basis.n_components} values, each within [-10, 10]")
+    params = dict(coords=",".join(repr(v) for v in values))
+    return await render(request, served, params, None, 1, lambda: basis.to_latent(torch.tensor([values])))
+
+
+@router.get("/latent-grid", responses=PNG, response_class=Response)
+async def latent_grid(
+    request: Request, served: ServedDep, span: Span = 3.0, steps: GridSteps = 10,
+    dim_x: Annotated[int, Query(ge=0, description="latent dimension across the columns", examples=[0])] = 0,
+    dim_y: Annotated[int, Query(ge=0, description="latent dimension down the rows", examples=[1])] = 1,
+    seed: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="base latent from this seed (default: all zeros)")] = None,
+) -> Response:
+    """Sweep two raw latent dimensions, the others held at a base latent (the seed study's grid)."""
+    d = served.latent_dim
+    for name, dim in (("dim_x", dim_x), ("dim_y", dim_y)):
+        if dim >= d:
+            raise ApiError(422, f"{name}={dim} is beyond the latent", f"{served.name} has latent dims 0..{d - 1}")
+    if dim_x == dim_y:
+        raise ApiError(422, "dim_x and dim_y must differ", f"both are {dim_x}")
+    params = dict(dim_x=dim_x, dim_y=dim_y, span=span, steps=steps, seed=seed)
+    base = lambda: torch.zeros(d) if seed is None else prior_latents(served, 1, seed)[0]  # noqa: E731
+    return await render(request, served, params, seed, steps, lambda: latent_sweep(base(), dim_x, dim_y, span, steps).reshape(steps * steps, -1))
+
+
+def require_basis(served: ServedModel):
+    if served.basis is None:
+        raise ApiError(409, f"{served.name} v{served.version} has no stored PCA basis", "republish it with the trainer")
+    return served.basis
+
+
+def require_encoder(served: ServedModel) -> None:
+    if not served.has_encoder:
+        raise ApiError(422, f"model {served.name!r} ({served.manifest.kind}) has no encoder", "use an ae or vae model")
+
+
+async def read_faces(request: Request, files: list[UploadFile], size: int) -> torch.Tensor:
+    settings = request.app.state.settings
+    if not 1 <= len(files) <= settings.max_files:
+        raise ApiError(422, f"{len(files)} files uploaded", f"send 1 to {settings.max_files} images")
+    faces = []
+    for f in files:
+        data = await f.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise ApiError(413, f"{f.filename!r} is too large", f"the limit is {settings.max_upload_bytes:,} bytes per image")
+        try:
+            faces.append(await asyncio.to_thread(decode_image, data, size, settings.max_upload_bytes, settings.max_upload_pixels))
+        except ImageDecodeError as e:
+            raise ApiError(400, f"{f.filename!r}: {e}", "upload PNG, JPEG or WebP face images") from None
+    return torch.stack(faces)
+
+
+async def embed(request: Request, served: ServedModel, faces: torch.Tensor) -> torch.Tensor:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app.state.registry.executor, served.embed, faces)
+
+
+def originals_over_reconstructions(faces: torch.Tensor, recon: torch.Tensor, width: int = 8) -> tuple[torch.Tensor, int]:
+    """Rows of up to `width` originals, each followed by the row of their reconstructions."""
+    width = min(width, len(faces))
+    pad = (-len(faces)) % width
+    blank = torch.ones(pad, *faces.shape[1:])
+    faces, recon = torch.cat([faces, blank]), torch.cat([recon, blank])
+    rows = [t for i in range(0, len(faces), width) for t in (faces[i : i + width], recon[i : i + width])]
+    return torch.cat(rows), width
+
+
+async def reconstruction_response(request: Request, served: ServedModel, faces: torch.Tensor, extra: dict) -> Response:
+    recon = await decode(served, await embed(request, served, faces))
+    images, width = originals_over_reconstructions(faces, recon)
+    data = await asyncio.to_thread(grid_png, images, width)
+    return png_response(data, identity_headers(served.name, served.version, extra.get("seed")) | extra.get("headers", {}))
+
+
+@router.post("/reconstruct", responses=PNG, response_class=Response)
+async def reconstruct_upload(
+    request: Request, served: ServedDep,
+    files: Annotated[list[UploadFile], File(description="1-64 face images (PNG, JPEG, WebP); each is centre-cropped and resized to 64×64")],
+) -> Response:
+    """Your faces (rows of originals) above the model's reconstructions of them."""
+    require_encoder(served)
+    faces = await read_faces(request, files, served.net.cfg.img_size)
+    return await reconstruction_response(request, served, faces, {"headers": {"Cache-Control": "no-store"}})
+
+
+@router.get("/reconstruct", responses=PNG, response_class=Response)
+async def reconstruct_bundled(
+    request: Request, served: ServedDep, seed: Seed = 0,
+    n: Annotated[int, Query(ge=1, le=64, description="how many of the bundled held-out faces", examples=[8])] = 8,
+) -> Response:
+    """Held-out faces shipped with the service above the model's reconstructions of them."""
+    require_encoder(served)
+    bundled = request.app.state.faces
+    pick = torch.randperm(len(bundled), generator=torch.Generator().manual_seed(seed))[: min(n, len(bundled))]
+    return await reconstruction_response(request, served, bundled[pick], {"seed": seed, "headers": {"Cache-Control": REVALIDATE}})
+
+
+@router.post("/interpolate", responses=PNG, response_class=Response)
+async def interpolate_uploads(
+    request: Request, served: ServedDep,
+    a: Annotated[UploadFile, File(description="first face image")],
+    b: Annotated[UploadFile, File(description="second face image")],
+    steps: Annotated[int, Query(ge=2, le=32, description="images along the path, ends included")] = 8,
+    method: Annotated[Literal["slerp", "lerp"], Query(description="great-circle (slerp) or straight (lerp) path")] = "slerp",
+) -> Response:
+    """A path between the encodings of two uploaded faces (AE/VAE)."""
+    require_encoder(served)
+    faces = await read_faces(request, [a, b], served.net.cfg.img_size)
+    z = await embed(request, served, faces)
+    images = await decode(served, interpolation_path(z[:1], z[1:], steps, method)[0])
+    data = await asyncio.to_thread(grid_png, images, steps)
+    return png_response(data, identity_headers(served.name, served.version, None) | {"Cache-Control": "no-store"})

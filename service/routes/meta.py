@@ -1,0 +1,49 @@
+"""Models, health and metrics."""
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/models")
+async def models(request: Request) -> dict:
+    """Every served model: its versions, the one being served and that version's manifest."""
+    registry = request.app.state.registry
+    out = []
+    for name, served in sorted(registry.latest.items()):
+        m = served.manifest
+        out.append({
+            "name": name, "kind": m.kind, "served_version": served.version,
+            "versions": registry.store.versions(name),
+            "has_encoder": served.has_encoder,
+            "pca_components": served.basis.n_components if served.basis is not None else 0,
+            "latent_dim": served.latent_dim,
+            "manifest": {k: getattr(m, k) for k in ("config", "step", "epoch", "created_at", "data_fingerprint", "metrics", "weights_dtype")},
+        })
+    return {"models": out}
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when at least one model is loaded."""
+    served = {n: s.version for n, s in request.app.state.registry.latest.items()}
+    status = 200 if served else 503
+    return JSONResponse({"status": "ready" if served else "no models loaded", "models": served}, status_code=status)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests, latency, batch sizes, queue depth, served versions."""
+    m, registry = request.app.state.metrics, request.app.state.registry
+    for name, served in registry.latest.items():
+        m.queue_depth.labels(name).set(served.batcher.depth)
+        m.served_version.labels(name).set(served.version)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

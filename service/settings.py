@@ -1,0 +1,26 @@
+"""Service configuration from environment variables (prefix FACEGEN_) or a .env file."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACEGEN_", env_file=".env", extra="ignore")
+
+    checkpoint_root: Path = Field(Path("checkpoints"), description="checkpoint store to serve from")
+    models: list[str] | None = Field(None, description="model names to serve (JSON list); default: every model in the root")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch: int = Field(256, ge=1, description="most images decoded in one forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a request waits for others to batch with")
+    queue_size: int = Field(64, ge=1, description="pending requests per model before answering 503")
+    poll_seconds: float = Field(5.0, gt=0, description="how often the checkpoint root is checked for new versions")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_upload_pixels: int = Field(4096 * 4096, ge=1)
+    max_files: int = Field(64, ge=1, description="most images in one /reconstruct upload")
+    cache_size: int = Field(256, ge=0, description="PNG responses kept in memory")
