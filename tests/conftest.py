@@ -8,15 +8,19 @@ from models_core.latent import PcaBasis
 from models_core.registry import MODEL_KINDS, build_model
 
 
-def publish_tiny(store: CheckpointStore, kind: str, name: str | None = None, seed: int = 0, **kwargs) -> int:
-    """Publish a randomly initialised tiny network of `kind` (with a PCA basis for AE/VAE)."""
+def publish_tiny(store: CheckpointStore, kind: str, name: str | None = None, seed: int = 0, basis: bool = True, **kwargs) -> int:
+    """Publish a randomly initialised tiny network of `kind` with a PCA (AE/VAE) or GANSpace basis."""
+    from trainer.bases import ganspace_basis
+
     torch.manual_seed(seed)
     config = MODEL_KINDS[kind].presets["tiny"]
-    model = build_model(kind, config)
+    model = build_model(kind, config).eval()
     extras = None
-    if MODEL_KINDS[kind].has_encoder:
+    if basis and MODEL_KINDS[kind].has_encoder:
         latents = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(seed))
         extras = PcaBasis.fit(latents).to_tensors()
+    elif basis:
+        extras = ganspace_basis(model, torch.device("cpu"), n_samples=64, seed=seed).to_tensors()
     return store.publish(kind if name is None else name, kind, config, model.state_dict(), step=10, epoch=1, extras=extras, **kwargs)
 
 
