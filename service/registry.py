@@ -134,7 +134,9 @@ class ModelRegistry:
         if key in self.older:
             self.older.move_to_end(key)
             return self.older[key]
-        if key in self.refused or version not in self.store.versions(name):
+        if key in self.refused:
+            raise ApiError(404, f"model {name!r} version {version} failed verification and is not served")
+        if version not in self.store.versions(name):
             available = [v for v in self.store.versions(name) if (name, v) not in self.refused]
             raise ApiError(404, f"model {name!r} has no version {version}", f"available versions: {available}")
         try:

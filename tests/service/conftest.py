@@ -18,7 +18,7 @@ def served_store(tmp_path) -> CheckpointStore:
 
 
 def make_settings(store: CheckpointStore, **overrides) -> Settings:
-    return Settings(checkpoint_root=store.root, poll_seconds=0.2, max_wait_ms=10, _env_file=None, **overrides)
+    return Settings(**{"checkpoint_root": store.root, "poll_seconds": 0.2, "max_wait_ms": 10, "_env_file": None, **overrides})
 
 
 @pytest.fixture

@@ -1,0 +1,162 @@
+"""Batching under concurrency, backpressure, hot reload, corrupt versions, and a real server."""
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from models_core.checkpoint import WEIGHTS_FILE, CheckpointStore
+from service.app import create_app
+from service.batching import DecodeBatcher, QueueFull
+from tests.conftest import publish_tiny
+from tests.service.conftest import make_settings
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+async def with_app(app, body):
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://facegen") as client:
+            return await body(client)
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_concurrent_requests_are_batched_and_identical_to_single_ones(served_store):
+    app = create_app(make_settings(served_store, max_wait_ms=50, cache_size=0))
+
+    async def body(client):
+        single = (await client.get("/sample?model=vae&n=1&seed=5")).content
+        responses = await asyncio.gather(*(client.get(f"/sample?model=vae&n=1&seed={s}") for s in range(32)))
+        return single, responses, (await client.get("/metrics")).text
+
+    single, responses, text = asyncio.run(with_app(app, body))
+    assert all(r.status_code == 200 for r in responses)
+    assert responses[5].content == single  # batching does not change the bytes
+    forward_passes = metric(text, 'facegen_batches_total{model="vae"}')
+    assert forward_passes < 32 / 2, f"33 requests took {forward_passes} forward passes"
+    assert metric(text, 'facegen_batch_rows_count{model="vae"}') == forward_passes
+    assert metric(text, 'facegen_batch_rows_sum{model="vae"}') == 33
+
+
+def test_batcher_bounds_its_queue():
+    async def body():
+        def slow(z):
+            time.sleep(0.3)
+            return z
+
+        batcher = DecodeBatcher(slow, ThreadPoolExecutor(1), max_batch=1, max_wait=0, queue_size=2)
+        first = asyncio.ensure_future(batcher.decode(torch.zeros(1, 2)))
+        await asyncio.sleep(0.05)  # the worker takes it and blocks in forward
+        queued = [asyncio.ensure_future(batcher.decode(torch.ones(1, 2))) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await batcher.decode(torch.ones(1, 2))
+        results = await asyncio.gather(first, *queued)
+        await batcher.retire()
+        return results
+
+    results = asyncio.run(body())
+    assert [r.sum().item() for r in results] == [0, 2, 2]
+
+
+def test_full_queue_answers_503_with_retry_after(served_store):
+    app = create_app(make_settings(served_store, queue_size=1, max_wait_ms=0, cache_size=0))
+
+    async def body(client):
+        served = app.state.registry.latest["gan"]
+        fast = served.batcher.forward
+        served.batcher.forward = lambda z: (time.sleep(0.3), fast(z))[1]
+        return await asyncio.gather(*(client.get(f"/sample?model=gan&n=1&seed={s}") for s in range(6)))
+
+    responses = asyncio.run(with_app(app, body))
+    busy = [r for r in responses if r.status_code == 503]
+    assert busy and any(r.status_code == 200 for r in responses)
+    assert busy[0].headers["retry-after"] == "1" and "busy" in busy[0].json()["error"]
+
+
+def wait_until(predicate, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_new_versions_are_picked_up_and_corrupt_ones_refused(served_store, tmp_path, caplog):
+    caplog.set_level(logging.ERROR, logger="facegen.service")
+    with TestClient(create_app(make_settings(served_store))) as client:
+        v1 = client.get("/sample?model=gan&n=4")
+        assert v1.headers["x-model-version"] == "1"
+
+        publish_tiny(served_store, "gan", seed=1)
+        assert wait_until(lambda: client.get("/sample?model=gan&n=4").headers["x-model-version"] == "2")
+        v2 = client.get("/sample?model=gan&n=4")
+        assert v2.content != v1.content
+        assert client.get("/sample?model=gan&n=4&version=1").content == v1.content  # old versions stay reachable
+
+        # A version that fails verification appears atomically (as a publish would); it is refused.
+        staging = CheckpointStore(tmp_path / "staging")
+        for seed in (2, 3, 4):
+            publish_tiny(staging, "gan", seed=seed)
+        bad = staging.path("gan", 3)
+        weights = bytearray((bad / WEIGHTS_FILE).read_bytes())
+        weights[-10] ^= 0xFF
+        (bad / WEIGHTS_FILE).write_bytes(bytes(weights))
+        shutil.copytree(bad, served_store.root / "gan" / ".incoming")
+        os.rename(served_store.root / "gan" / ".incoming", served_store.path("gan", 3))
+        assert wait_until(lambda: any("refusing gan v3" in r.getMessage() for r in caplog.records))
+        assert "checksum mismatch" in caplog.text
+        assert client.get("/sample?model=gan&n=4").headers["x-model-version"] == "2"
+        r = client.get("/sample?model=gan&n=4&version=3")
+        assert r.status_code == 404 and "failed verification" in r.json()["error"]
+        models = {m["name"]: m for m in client.get("/models").json()["models"]}
+        assert models["gan"]["served_version"] == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_server_over_http(served_store):
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": REPO, "FACEGEN_CHECKPOINT_ROOT": str(served_store.root)}
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def ready():
+            try:
+                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        assert wait_until(ready, timeout=60), "server did not become ready"
+        r = httpx.get(f"{base}/sample", params={"model": "vae", "n": 4}, timeout=30)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+        assert httpx.get(f"{base}/sample", params={"n": 1000}, timeout=30).status_code == 422
+        assert "facegen" in httpx.get(f"{base}/", timeout=30).text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0]
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports it.
+    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output and "serving vae v1" in output and "Traceback" not in output
