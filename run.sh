@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sample a grid of faces from a published model (extra args: python -m models_core.demo --help).
+# Start the facegen service on http://127.0.0.1:8000 (extra args: python -m service --help).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh
-exec python -m models_core.demo "$@"
+exec python -m service "$@"

@@ -1,3 +1,13 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -25,3 +35,44 @@ def make_settings(store: CheckpointStore, **overrides) -> Settings:
 def client(served_store):
     with TestClient(create_app(make_settings(served_store))) as c:
         yield c
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    proc: subprocess.Popen
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.communicate(timeout=30)[0]
+
+
+@pytest.fixture
+def live_server(served_store):
+    """`python -m service` in a subprocess on a free loopback port, ready to answer."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FACEGEN_CHECKPOINT_ROOT": str(served_store.root)}
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = LiveServer(f"http://127.0.0.1:{port}", proc)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    else:
+        pytest.fail(f"server did not become ready:\n{server.stop()}")
+    yield server
+    server.stop()

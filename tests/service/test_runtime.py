@@ -5,9 +5,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,8 +18,6 @@ from service.app import create_app
 from service.batching import DecodeBatcher, QueueFull
 from tests.conftest import publish_tiny
 from tests.service.conftest import make_settings
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 async def with_app(app, body):
@@ -129,34 +124,13 @@ def test_new_versions_are_picked_up_and_corrupt_ones_refused(served_store, tmp_p
         assert models["gan"]["served_version"] == 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_real_server_over_http(served_store):
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": REPO, "FACEGEN_CHECKPOINT_ROOT": str(served_store.root)}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-
-        def ready():
-            try:
-                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        assert wait_until(ready, timeout=60), "server did not become ready"
-        r = httpx.get(f"{base}/sample", params={"model": "vae", "n": 4}, timeout=30)
-        assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
-        assert httpx.get(f"{base}/sample", params={"n": 1000}, timeout=30).status_code == 422
-        assert "facegen" in httpx.get(f"{base}/", timeout=30).text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=30)[0]
+def test_real_server_over_http(live_server):
+    base = live_server.url
+    r = httpx.get(f"{base}/sample", params={"model": "vae", "n": 4}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+    assert httpx.get(f"{base}/sample", params={"n": 1000}, timeout=30).status_code == 422
+    assert "facegen" in httpx.get(f"{base}/", timeout=30).text
+    output = live_server.stop()
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports it.
-    assert proc.returncode in (0, -signal.SIGTERM), output
+    assert live_server.proc.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output and "serving vae v1" in output and "Traceback" not in output
