@@ -20,6 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="cpu (default), cuda or cuda:N")
     args = parser.parse_args(argv)
     settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
+    if settings.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.exit(2, f"error: device {settings.device!r} was asked for, but this machine has no usable CUDA device\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
