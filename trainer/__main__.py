@@ -1,6 +1,7 @@
 """python -m trainer: train (default), prepare-data, evaluate. Each has its own --help."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -47,8 +48,8 @@ def train_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-every", type=int, help="steps between metric lines (default 50)")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     o = p.add_argument_group("outputs")
-    o.add_argument("--runs-dir", type=Path, help="where run folders go (default: runs/)")
-    o.add_argument("--checkpoints", type=Path, help="checkpoint store root (default: checkpoints/)")
+    o.add_argument("--runs-dir", type=Path, help="where run folders go (default: $FACEGEN_RUNS_DIR or runs/)")
+    o.add_argument("--checkpoints", type=Path, help="checkpoint store root (default: $FACEGEN_CHECKPOINT_ROOT or checkpoints/)")
     o.add_argument("--ckpt-every", type=int, help="steps between resume-state snapshots (default 500)")
     o.add_argument("--publish-every", type=int, help="epochs between published versions; 0 = only at the end (default)")
     o.add_argument("--publish-dtype", choices=["float32", "bfloat16", "float16"], help="dtype of published weights (default float32)")
@@ -68,7 +69,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
             parser.error("--data is required (a folder made by: python -m trainer prepare-data SOURCE --out DIR)")
         return TrainConfig(model=args.model, **given), None
 
-    runs_dir = given.get("runs_dir", Path("runs"))
+    runs_dir = given.get("runs_dir", Path(os.environ.get("FACEGEN_RUNS_DIR", "runs")))
     name = given.get("name", args.model)
     run_dir = latest_resumable_run(runs_dir, name) if args.resume == "latest" else Path(args.resume)
     if run_dir is None or not (run_dir / "config.json").is_file():

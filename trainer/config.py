@@ -1,6 +1,7 @@
 """TrainConfig: every knob of a training run, with the seed's hyperparameters as defaults."""
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,9 @@ class TrainConfig:
     log_every: int = 50
     pca_samples: int = 5000
     publish_dtype: str = "float32"
-    runs_dir: Path = Path("runs")
-    checkpoints: Path = Path("checkpoints")
+    # The same variable the service reads, so trainer and service agree on one store by default.
+    runs_dir: Path = field(default_factory=lambda: Path(os.environ.get("FACEGEN_RUNS_DIR", "runs")))
+    checkpoints: Path = field(default_factory=lambda: Path(os.environ.get("FACEGEN_CHECKPOINT_ROOT", "checkpoints")))
     progress: bool = True
     extra: dict = field(default_factory=dict)
 

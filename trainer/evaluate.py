@@ -7,6 +7,7 @@ Metrics that need no downloaded network:
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -121,7 +122,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data", type=Path, required=True, help="prepared dataset with the held-out faces")
     p.add_argument("--split", choices=["valid", "test", "train"], help="which faces (default: test, else valid)")
     p.add_argument("--n", type=int, default=2000, help="real faces and samples per side (default: %(default)s)")
-    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="checkpoint root (default: %(default)s)")
+    p.add_argument("--checkpoints", type=Path, default=Path(os.environ.get("FACEGEN_CHECKPOINT_ROOT", "checkpoints")),
+                   help="checkpoint root (default: $FACEGEN_CHECKPOINT_ROOT or %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for samples and patch positions (default: %(default)s)")
     args = p.parse_args(argv)
