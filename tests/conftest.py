@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 import torch
@@ -22,6 +23,16 @@ def publish_tiny(store: CheckpointStore, kind: str, name: str | None = None, see
     elif basis:
         extras = ganspace_basis(model, torch.device("cpu"), n_samples=64, seed=seed).to_tensors()
     return store.publish(kind if name is None else name, kind, config, model.state_dict(), step=10, epoch=1, extras=extras, **kwargs)
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass; return whether it became true."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from models_core.checkpoint import (
-    EXTRAS_FILE, MANIFEST_FILE, WEIGHTS_FILE, CheckpointError, CheckpointStore, atomic_save_tensors, sha256_file,
+    EXTRAS_FILE, MANIFEST_FILE, WEIGHTS_FILE, CheckpointError, atomic_save_tensors, sha256_file,
 )
 from models_core.registry import build_model
 from models_core.vae import VAE, VAE_PRESETS

@@ -3,7 +3,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from fastapi.testclient import TestClient
 from models_core.checkpoint import CheckpointStore
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import publish_tiny
+from tests.conftest import publish_tiny, wait_until
 
 
 @pytest.fixture
@@ -57,22 +56,27 @@ class LiveServer:
         return self.proc.communicate(timeout=30)[0]
 
 
-@pytest.fixture
-def live_server(served_store):
-    """`python -m service` in a subprocess on a free loopback port, ready to answer."""
+def start_server(root: Path) -> LiveServer:
+    """`python -m service` serving `root` in a subprocess on a free loopback port, ready to answer."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FACEGEN_CHECKPOINT_ROOT": str(served_store.root)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FACEGEN_CHECKPOINT_ROOT": str(root)}
     proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server = LiveServer(f"http://127.0.0.1:{port}", proc)
-    deadline = time.time() + 60
-    while time.time() < deadline:
+
+    def ready():
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                break
+            return httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200
         except httpx.TransportError:
-            time.sleep(0.1)
-    else:
+            return False
+
+    if not wait_until(ready, timeout=60):
         pytest.fail(f"server did not become ready:\n{server.stop()}")
+    return server
+
+
+@pytest.fixture
+def live_server(served_store):
+    server = start_server(served_store.root)
     yield server
     server.stop()

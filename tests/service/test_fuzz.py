@@ -1,19 +1,12 @@
 """Schemathesis over the OpenAPI schema, against a real server: whatever the schema admits, no 5xx."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from models_core.checkpoint import CheckpointStore
 from tests.conftest import publish_tiny
-from tests.service.conftest import REPO, free_port
+from tests.service.conftest import start_server
 
 
 @pytest.fixture(scope="module")
@@ -21,20 +14,9 @@ def server_url(tmp_path_factory):
     store = CheckpointStore(tmp_path_factory.mktemp("fuzz") / "checkpoints")
     for kind in ("ae", "vae", "gan"):
         publish_tiny(store, kind)
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FACEGEN_CHECKPOINT_ROOT": str(store.root)}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    server = start_server(store.root)
+    yield server.url
+    server.stop()
 
 
 def test_no_input_makes_the_server_fail(server_url):

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from models_core.checkpoint import WEIGHTS_FILE, CheckpointStore
 from service.app import create_app
 from service.batching import DecodeBatcher, QueueFull
-from tests.conftest import publish_tiny
+from tests.conftest import publish_tiny, wait_until
 from tests.service.conftest import make_settings
 
 
@@ -82,15 +82,6 @@ def test_full_queue_answers_503_with_retry_after(served_store):
     busy = [r for r in responses if r.status_code == 503]
     assert busy and any(r.status_code == 200 for r in responses)
     assert busy[0].headers["retry-after"] == "1" and "busy" in busy[0].json()["error"]
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_new_versions_are_picked_up_and_corrupt_ones_refused(served_store, tmp_path, caplog):

@@ -1,6 +1,5 @@
 import hashlib
 import json
-import zipfile
 
 import numpy as np
 import pytest

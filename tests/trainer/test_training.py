@@ -5,11 +5,11 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from models_core.checkpoint import WEIGHTS_FILE, CheckpointStore
+from tests.conftest import wait_until
 from tests.trainer.conftest import REPO, run_trainer
 from trainer.data import PackedFaces
 from trainer.state import STATE_FILE, load_training_state
@@ -87,15 +87,6 @@ def test_resume_refuses_changed_hyperparameters_and_missing_runs(tmp_path, packe
     assert proc.returncode == 2 and "cannot change --lr when resuming" in proc.stderr
 
 
-def wait_for(predicate, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def start_long_run(tmp_path, packed, *extra):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "trainer", "--model", "ae", "--data", str(packed), "--epochs", "1000", "--batch-size", "16",
@@ -112,7 +103,8 @@ def saved_step(tmp_path):
 
 def test_sigterm_snapshots_and_exits_cleanly(tmp_path, packed):
     proc = start_long_run(tmp_path, packed, "--ckpt-every", "1000")
-    assert wait_for(lambda: (tmp_path / "runs").exists() and any((p / "metrics.jsonl").exists() for p in (tmp_path / "runs").iterdir()))
+    assert wait_until(lambda: (tmp_path / "runs").exists() and any((p / "metrics.jsonl").exists() for p in (tmp_path / "runs").iterdir()),
+                      timeout=120, interval=0.2)
     time.sleep(1)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
@@ -123,7 +115,7 @@ def test_sigterm_snapshots_and_exits_cleanly(tmp_path, packed):
 
 def test_sigkill_loses_at_most_one_interval_and_resumes(tmp_path, packed):
     proc = start_long_run(tmp_path, packed, "--ckpt-every", "4")
-    assert wait_for(lambda: saved_step(tmp_path) >= 8)
+    assert wait_until(lambda: saved_step(tmp_path) >= 8, timeout=120, interval=0.2)
     proc.kill()
     proc.wait(timeout=30)
     step = saved_step(tmp_path)
