@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from PIL import Image
 
 from models_core.images import from_uint8
+from service.body_limit import BodyLimitMiddleware
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.registry import ModelRegistry
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.cache = PngCache(settings.cache_size)
     app.state.faces = bundled_faces()
     install_error_handlers(app)
+    # Every upload allowed at once, plus room for the multipart framing.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_files * settings.max_upload_bytes + 1024 * 1024)
     app.include_router(images.router)
     app.include_router(meta.router)
 

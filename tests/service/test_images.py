@@ -188,3 +188,24 @@ def test_openapi_documents_every_parameter_with_an_example(client):
         assert path in spec["paths"]
     for p in spec["paths"]["/sample"]["get"]["parameters"]:
         assert p.get("description") and (p.get("examples") or p["schema"].get("examples")), p
+
+
+def test_oversized_bodies_are_refused_before_they_are_read(served_store):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    limit = 2 * 2000 + 1024 * 1024  # max_files × max_upload_bytes + framing allowance
+    with TestClient(create_app(make_settings(served_store, max_upload_bytes=2000, max_files=2))) as c:
+        big = b"x" * (limit + 1)
+        r = c.post("/reconstruct?model=vae", files=[("files", ("huge.png", big, "image/png"))])
+        assert r.status_code == 413 and r.json()["error"] == "request body too large"
+
+        def chunks():  # no Content-Length: the limit applies while the body streams
+            yield b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+            for _ in range(limit // 65536 + 2):
+                yield b"y" * 65536
+
+        r = c.post("/reconstruct?model=vae", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+        assert r.status_code == 413
+        assert c.get("/sample?model=vae&n=1").status_code == 200  # and the server carries on
