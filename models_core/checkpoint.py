@@ -19,6 +19,7 @@ import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -142,7 +143,7 @@ class Checkpoint:
     extras: dict[str, torch.Tensor]
     path: Path
 
-    @property
+    @cached_property
     def pca(self) -> PcaBasis | None:
         return PcaBasis.from_tensors(self.extras) if "pca.components" in self.extras else None
 

@@ -1,11 +1,10 @@
 """python -m trainer: train (default), prepare-data, evaluate. Each has its own --help."""
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from trainer.config import MODEL_DEFAULTS, RESUMABLE_OVERRIDES, TrainConfig
+from trainer.config import MODEL_DEFAULTS, RESUMABLE_OVERRIDES, TrainConfig, default_runs_dir
 
 TRAIN_DESCRIPTION = """\
 Train an autoencoder, VAE or DCGAN on a prepared CelebA-64 dataset and publish versions into a
@@ -69,7 +68,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
             parser.error("--data is required (a folder made by: python -m trainer prepare-data SOURCE --out DIR)")
         return TrainConfig(model=args.model, **given), None
 
-    runs_dir = given.get("runs_dir", Path(os.environ.get("FACEGEN_RUNS_DIR", "runs")))
+    runs_dir = given.get("runs_dir", default_runs_dir())
     name = given.get("name", args.model)
     run_dir = latest_resumable_run(runs_dir, name) if args.resume == "latest" else Path(args.resume)
     if run_dir is None or not (run_dir / "config.json").is_file():

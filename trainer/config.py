@@ -21,6 +21,15 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 RESUMABLE_OVERRIDES = {"data", "epochs", "max_steps", "ckpt_every", "publish_every", "log_every", "device", "progress"}  # data: checked by fingerprint
 
 
+def default_runs_dir() -> Path:
+    return Path(os.environ.get("FACEGEN_RUNS_DIR", "runs"))
+
+
+def default_checkpoints() -> Path:
+    # The same variable the service reads, so trainer and service agree on one store by default.
+    return Path(os.environ.get("FACEGEN_CHECKPOINT_ROOT", "checkpoints"))
+
+
 @dataclass
 class TrainConfig:
     model: str  # ae | vae | gan
@@ -47,9 +56,8 @@ class TrainConfig:
     log_every: int = 50
     pca_samples: int = 5000
     publish_dtype: str = "float32"
-    # The same variable the service reads, so trainer and service agree on one store by default.
-    runs_dir: Path = field(default_factory=lambda: Path(os.environ.get("FACEGEN_RUNS_DIR", "runs")))
-    checkpoints: Path = field(default_factory=lambda: Path(os.environ.get("FACEGEN_CHECKPOINT_ROOT", "checkpoints")))
+    runs_dir: Path = field(default_factory=default_runs_dir)
+    checkpoints: Path = field(default_factory=default_checkpoints)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 

@@ -8,7 +8,6 @@ Metrics that need no extra network:
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from models_core.checkpoint import CheckpointError, CheckpointStore
 from models_core.latent import sample_prior
+from trainer.config import default_checkpoints
 from trainer.data import FaceBatches, PackedFaces, SourceError
 from trainer.fid import InceptionUnavailable, fid_from_features, inception_features, kid_from_features, load_inception, real_features
 
@@ -132,7 +132,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data", "--real", dest="data", type=Path, required=True, help="prepared dataset with the held-out faces")
     p.add_argument("--split", choices=["valid", "test", "train"], help="which faces (default: test, else valid)")
     p.add_argument("--n", type=int, default=2000, help="real faces and samples per side (default: %(default)s)")
-    p.add_argument("--checkpoints", type=Path, default=Path(os.environ.get("FACEGEN_CHECKPOINT_ROOT", "checkpoints")),
+    p.add_argument("--checkpoints", type=Path, default=default_checkpoints(),
                    help="checkpoint root (default: $FACEGEN_CHECKPOINT_ROOT or %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for samples and patch positions (default: %(default)s)")
