@@ -40,6 +40,7 @@ EXTRAS_FILE = "extras.safetensors"
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 VERSION_DIR_RE = re.compile(r"^[0-9]{6,}$")
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class CheckpointError(Exception):
@@ -302,6 +303,21 @@ class CheckpointStore:
         model.load_state_dict(weights)
         extras = read_tensors(vdir / EXTRAS_FILE) if EXTRAS_FILE in manifest.files else {}
         return Checkpoint(manifest, model.to(device).eval(), extras, vdir)
+
+    def copy_from(self, source: "CheckpointStore", name: str, version: int | None = None,
+                  dtype: torch.dtype | None = None) -> int:
+        """Verify a version of `source` and publish it here as this store's next version.
+
+        Step, epoch, data fingerprint and metrics travel with it; the weights keep their dtype
+        unless `dtype` is given.
+        """
+        ckpt = source.load(name, version)
+        m = ckpt.manifest
+        return self.publish(
+            name, m.kind, m.config, ckpt.model.state_dict(), step=m.step, epoch=m.epoch,
+            data_fingerprint=m.data_fingerprint, metrics=m.metrics, extras=ckpt.extras,
+            dtype=dtype or WEIGHT_DTYPES.get(m.weights_dtype),
+        )
 
     def update_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> Manifest:
         """Merge evaluation results into a version's manifest (atomically rewritten)."""

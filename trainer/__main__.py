@@ -1,9 +1,10 @@
-"""python -m trainer: train (default), prepare-data, evaluate. Each has its own --help."""
+"""python -m trainer: train (default), prepare-data, evaluate, promote. Each has its own --help."""
 
 import argparse
 import sys
 from pathlib import Path
 
+from models_core.checkpoint import WEIGHT_DTYPES
 from trainer.config import MODEL_DEFAULTS, RESUMABLE_OVERRIDES, TrainConfig, default_runs_dir
 
 TRAIN_DESCRIPTION = """\
@@ -14,6 +15,7 @@ checkpoint store. Defaults are the seed study's: VAE/AE Adam 5e-4, batch 64, bet
 Other commands:
   python -m trainer prepare-data SOURCE --out DIR   pack CelebA into a 64×64 uint8 dataset
   python -m trainer evaluate --model NAME           score a published version
+  python -m trainer promote --model NAME --from DIR  copy a version into the served store
 
 Multi-GPU: torchrun --standalone --nproc_per_node=N -m trainer --model gan --data DIR
 Multi-node: torchrun --nnodes=M --nproc_per_node=N --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m trainer ...
@@ -51,7 +53,7 @@ def train_parser() -> argparse.ArgumentParser:
     o.add_argument("--checkpoints", type=Path, help="checkpoint store root (default: $FACEGEN_CHECKPOINT_ROOT or checkpoints/)")
     o.add_argument("--ckpt-every", type=int, help="steps between resume-state snapshots (default 500)")
     o.add_argument("--publish-every", type=int, help="epochs between published versions; 0 = only at the end (default)")
-    o.add_argument("--publish-dtype", choices=["float32", "bfloat16", "float16"], help="dtype of published weights (default float32)")
+    o.add_argument("--publish-dtype", choices=sorted(WEIGHT_DTYPES), help="dtype of published weights (default float32)")
     o.add_argument("--pca-samples", type=int, help="held-out faces (AE/VAE) or random z (GAN) for the published PCA basis (default 5000)")
     o.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                    help="continue the latest run of this --name (or RUN_DIR) from its last snapshot")
@@ -116,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.evaluate import main as evaluate_main
 
         return evaluate_main(argv[1:])
+    if argv and argv[0] == "promote":
+        from trainer.promote import main as promote_main
+
+        return promote_main(argv[1:])
     return main_train(argv)
 
 

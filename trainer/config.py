@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models_core.checkpoint import WEIGHT_DTYPES
 from models_core.losses import DEFAULT_BETA_KL
 from models_core.registry import get_kind
 
@@ -73,7 +74,7 @@ class TrainConfig:
         self.name = self.name or self.model
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.publish_dtype not in ("float32", "bfloat16", "float16"):
+        if self.publish_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"publish_dtype must be float32, bfloat16 or float16, got {self.publish_dtype!r}")
         for key in ("epochs", "batch_size", "ckpt_every", "log_every"):
             if getattr(self, key) < 1:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from models_core.checkpoint import CheckpointStore
+from models_core.checkpoint import WEIGHT_DTYPES, CheckpointStore
 from models_core.images import encode_png, image_grid
 from models_core.latent import sample_prior
 from trainer.bases import ganspace_basis, latent_pca
@@ -168,7 +168,7 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, d: Dist) -> TrainResult:
         version = store.publish(
             cfg.name, cfg.model, cfg.network_config, net.state_dict(), step=step, epoch=epoch,
             data_fingerprint=data.fingerprint, metrics=metrics, extras=basis.to_tensors(),
-            dtype=getattr(torch, cfg.publish_dtype),
+            dtype=WEIGHT_DTYPES[cfg.publish_dtype],
         )
         task.inference_net.train()
         published.append(version)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from models_core.checkpoint import (
-    EXTRAS_FILE, MANIFEST_FILE, WEIGHTS_FILE, CheckpointError, atomic_save_tensors, sha256_file,
+    EXTRAS_FILE, MANIFEST_FILE, WEIGHTS_FILE, CheckpointError, CheckpointStore, atomic_save_tensors, sha256_file,
 )
 from models_core.registry import build_model
 from models_core.vae import VAE, VAE_PRESETS
@@ -276,3 +276,31 @@ def test_any_kind_round_trips(store):
         publish_tiny(store, kind)
         model = store.load(kind).model
         assert type(model) is type(build_model(kind, store.read_manifest(kind).config))
+
+
+def test_copy_from_republishes_a_verified_version_as_the_next_one(tmp_path):
+    source, dest = CheckpointStore(tmp_path / "train"), CheckpointStore(tmp_path / "serve")
+    publish_tiny(source, "vae", seed=1, dtype=torch.bfloat16)
+    store_metrics = {"fid": 50.0}
+    source.update_metrics("vae", 1, store_metrics)
+    publish_tiny(dest, "vae", seed=2)
+
+    assert dest.copy_from(source, "vae", 1) == 2
+    copied, original = dest.load("vae", 2), source.load("vae", 1)
+    m = copied.manifest
+    assert (m.kind, m.step, m.epoch, m.metrics, m.weights_dtype) == ("vae", 10, 1, store_metrics, "bfloat16")
+    assert load_file(copied.path / WEIGHTS_FILE).keys() == load_file(original.path / WEIGHTS_FILE).keys()
+    for key, value in load_file(original.path / WEIGHTS_FILE).items():
+        assert torch.equal(load_file(copied.path / WEIGHTS_FILE)[key], value), key  # bf16 -> fp32 -> bf16 is exact
+    torch.testing.assert_close(copied.pca.components, original.pca.components, rtol=0, atol=0)
+
+
+def test_copy_from_refuses_a_corrupt_source(tmp_path):
+    source, dest = CheckpointStore(tmp_path / "train"), CheckpointStore(tmp_path / "serve")
+    publish_tiny(source, "gan")
+    with open(source.path("gan", 1) / WEIGHTS_FILE, "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\0\0\0\0")
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        dest.copy_from(source, "gan")
+    assert dest.models() == []
