@@ -28,7 +28,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from models_core.latent import PcaBasis
+from models_core.latent import PcaBasis, sample_prior
 from models_core.registry import build_model, get_kind
 
 SCHEMA_VERSION = 1
@@ -147,6 +147,15 @@ class Checkpoint:
     @cached_property
     def pca(self) -> PcaBasis | None:
         return PcaBasis.from_tensors(self.extras) if "pca.components" in self.extras else None
+
+    def sample_latents(self, n: int, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+        """Latents whose decodings are the model's samples: N(0, I) for the VAE and GAN.
+
+        An autoencoder's latents are not N(0, I), so it samples the Gaussian its PCA basis describes.
+        """
+        if self.manifest.kind == "ae" and self.pca is not None:
+            return self.pca.to_latent(temperature * torch.randn(n, self.pca.n_components, generator=generator))
+        return sample_prior(n, self.model.latent_dim, generator, temperature)
 
 
 # --- the store --------------------------------------------------------------------------------

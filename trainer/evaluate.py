@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models_core.checkpoint import CheckpointError, CheckpointStore
-from models_core.latent import sample_prior
+from models_core.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from trainer.config import default_checkpoints
 from trainer.data import FaceBatches, PackedFaces, SourceError
 from trainer.fid import InceptionUnavailable, fid_from_features, inception_features, kid_from_features, load_inception, real_features
@@ -98,9 +97,10 @@ def reconstruction_metrics(net, faces_u8: torch.Tensor, device, batch: int = 250
 
 
 @torch.no_grad()
-def generate(net, n: int, device, seed: int, batch: int = 250) -> torch.Tensor:
-    z = sample_prior(n, net.latent_dim, torch.Generator().manual_seed(seed))
-    return torch.cat([net.decode(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+def generate(ckpt: Checkpoint, n: int, device, seed: int, batch: int = 250) -> torch.Tensor:
+    """The model's samples, drawn as the service draws them."""
+    z = ckpt.sample_latents(n, torch.Generator().manual_seed(seed))
+    return torch.cat([ckpt.model.decode(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
 
 
 def evaluate(store: CheckpointStore, name: str, version: int | None, data: PackedFaces, split: str, n: int,
@@ -109,7 +109,7 @@ def evaluate(store: CheckpointStore, name: str, version: int | None, data: Packe
     ckpt = store.load(name, version, device=device)
     real_u8 = data.tensor(split, "cpu", limit=n)
     real = FaceBatches.to_float(real_u8, None)
-    fake = generate(ckpt.model, len(real), device, seed)
+    fake = generate(ckpt, len(real), device, seed)
     metrics = {"eval_split": split, "eval_n_real": len(real), "eval_n_fake": len(fake), "eval_data_fingerprint": data.fingerprint}
     if hasattr(ckpt.model, "embed"):
         metrics.update(reconstruction_metrics(ckpt.model, real_u8, device))

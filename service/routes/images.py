@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFi
 
 from models_core.checkpoint import MODEL_NAME_RE
 from models_core.images import ImageDecodeError, decode_image
-from models_core.latent import interpolation_path, latent_sweep, sample_prior
+from models_core.latent import interpolation_path, latent_sweep
 from service.batching import QueueFull
 from service.errors import ApiError
 from service.registry import ModelRegistry, ServedModel
@@ -43,11 +43,7 @@ ServedDep = Annotated[ServedModel, Depends(served_model)]
 
 
 def prior_latents(served: ServedModel, n: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    if served.manifest.kind == "ae" and served.basis is not None:
-        # An autoencoder's latents are not N(0, I): sample the Gaussian its PCA basis describes.
-        return served.basis.to_latent(temperature * torch.randn(n, served.basis.n_components, generator=g))
-    return sample_prior(n, served.latent_dim, g, temperature)
+    return served.checkpoint.sample_latents(n, torch.Generator().manual_seed(seed), temperature)
 
 
 async def decode(served: ServedModel, z: torch.Tensor) -> torch.Tensor:

@@ -304,3 +304,14 @@ def test_copy_from_refuses_a_corrupt_source(tmp_path):
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         dest.copy_from(source, "gan")
     assert dest.models() == []
+
+
+def test_samples_come_from_the_standard_prior_except_for_an_autoencoder(store):
+    for kind in ("ae", "vae"):
+        publish_tiny(store, kind)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    vae, ae = store.load("vae"), store.load("ae")
+    assert torch.equal(vae.sample_latents(5, g()), torch.randn(5, 8, generator=g()))
+    z = ae.sample_latents(4000, g())
+    torch.testing.assert_close(z.mean(0), ae.pca.mean.float(), atol=0.15, rtol=0)
+    torch.testing.assert_close(ae.pca.project(z).std(0), torch.ones(8), atol=0.1, rtol=0)  # unit-variance coords
