@@ -180,16 +180,18 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, d: Dist) -> TrainResult:
         net = ema.net if ema else task.inference_net
         was_training = net.training
         net.eval()
+        grids = {}
         with torch.no_grad():
-            grid = image_grid(net.decode(fixed_z).float(), nrow=8)
-            if hasattr(net, "embed"):
+            grids["samples"] = image_grid(net.decode(fixed_z).float(), nrow=8)
+            if hasattr(net, "embed"):  # an AE's N(0, I) samples say little; its reconstructions do
                 faces = FaceBatches.to_float(held_out[:32].to(device), None)
-                recon = image_grid(torch.cat([faces, net.decode(net.embed(faces)).float()]), nrow=8)
-                log.image("reconstructions", step, recon)
+                grids["reconstructions"] = image_grid(torch.cat([faces, net.decode(net.embed(faces)).float()]), nrow=8)
         net.train(was_training)
-        log.image("samples", step, grid)
         (run_dir / "samples").mkdir(exist_ok=True)
-        (run_dir / "samples" / f"step{step:08d}.png").write_bytes(encode_png(grid))
+        for tag, grid in grids.items():
+            log.image(tag, step, grid)
+            suffix = "" if tag == "samples" else f"_{tag}"
+            (run_dir / "samples" / f"step{step:08d}{suffix}.png").write_bytes(encode_png(grid))
 
     stop = StopFlag()
     last, stopping = {}, False

@@ -42,7 +42,8 @@ def test_vae_run_publishes_a_version_the_store_loads(tmp_path, packed):
     assert [l["step"] for l in lines] == [2, 4, 6, 8]
     assert {"loss", "recon", "kl", "img_per_s", "lr", "epoch"} <= set(lines[0])
     assert list((run / "tb").glob("events.out.tfevents.*"))
-    assert len(list((run / "samples").glob("*.png"))) == 2
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
+        "step00000004.png", "step00000004_reconstructions.png", "step00000008.png", "step00000008_reconstructions.png"]
     assert json.loads((run / "config.json").read_text())["network"]["latent_dim"] == 8
 
 
