@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -51,8 +52,13 @@ class ServedModel:
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Blocking; call from the executor."""
-        with torch.inference_mode(), self.autocast():
-            return self.net.embed(x.to(self.device)).float().cpu()
+        return run_inference(self.net.embed, x, self.device, self.autocast)
+
+
+def run_inference(fn, x: torch.Tensor, device: torch.device, autocast) -> torch.Tensor:
+    """fn(x) on the device, without autograd, under the served precision; float32 on the CPU back."""
+    with torch.inference_mode(), autocast():
+        return fn(x.to(device)).float().cpu()
 
 
 class ModelRegistry:
@@ -76,14 +82,9 @@ class ModelRegistry:
     async def _load(self, name: str, version: int) -> ServedModel:
         loop = asyncio.get_running_loop()
         ckpt = await loop.run_in_executor(self.executor, self.store.load, name, version, self.device)
-        net = ckpt.model
-
-        def forward(z: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode(), self.autocast():
-                return net.decode(z.to(self.device)).float().cpu()
-
+        decode = functools.partial(run_inference, ckpt.model.decode, device=self.device, autocast=self.autocast)
         s = self.settings
-        batcher = DecodeBatcher(forward, self.executor, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
+        batcher = DecodeBatcher(decode, self.executor, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
                                 on_batch=lambda n: self.on_batch(name, n))
         return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.autocast)
 

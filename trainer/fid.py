@@ -51,6 +51,7 @@ def inception_features(net, images: torch.Tensor, device, batch_size: int = 100,
         x = (images[i : i + batch_size].to(device).float().clamp(-1, 1) + 1) * 127.5  # [0, 255]
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         x = (x / 255 * (TF_RANGE[1] - TF_RANGE[0]) + TF_RANGE[0]).clamp(*TF_RANGE)
+        x = x.contiguous(memory_format=torch.channels_last)  # ~10% faster on CPU
         feats = net(x)
         out.append(feats.flatten(1).double().cpu().numpy())
     return np.concatenate(out)
