@@ -16,16 +16,29 @@ def test_kl_matches_torch_distributions_and_is_nonnegative():
     assert kl_divergence(torch.zeros(3, 4), torch.zeros(3, 4)) == 0
 
 
-def test_vae_loss_is_mse_plus_beta_kl():
+def test_vae_loss_is_the_per_image_squared_error_plus_beta_kl():
     x, x_recon = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
     mu, logvar = torch.ones(2, 3), torch.zeros(2, 3)
     loss = vae_loss(x, x_recon, mu, logvar)
     assert DEFAULT_BETA_KL == 0.03
-    torch.testing.assert_close(loss.recon, torch.tensor(0.25))
+    torch.testing.assert_close(loss.recon, torch.tensor(0.25))  # reported per pixel
     torch.testing.assert_close(loss.kl, torch.tensor(1.5))  # 0.5 * sum(mu^2) per sample
-    torch.testing.assert_close(loss.total, loss.recon + 0.03 * loss.kl)
-    torch.testing.assert_close(vae_loss(x, x_recon, mu, logvar, beta_kl=1.0).total, torch.tensor(1.75))
+    torch.testing.assert_close(loss.total, 48 * 0.25 + 0.03 * loss.kl)  # 48 values per image
+    torch.testing.assert_close(vae_loss(x, x_recon, mu, logvar, beta_kl=1.0).total, torch.tensor(13.5))
     torch.testing.assert_close(reconstruction_loss(x, x_recon), loss.recon)
+
+
+def test_the_kl_weight_does_not_grow_with_the_image_size():
+    # The seed's per-pixel mean made beta effectively 12,288x larger at 64×64 than at 1×1 pixel.
+    # Per image, doubling the side quadruples the squared error and leaves the KL's weight alone.
+    g = torch.Generator().manual_seed(0)
+    x, x_recon = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    mu, logvar = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    up = lambda t: t.repeat_interleave(2, -1).repeat_interleave(2, -2)  # noqa: E731
+    small, large = vae_loss(x, x_recon, mu, logvar), vae_loss(up(x), up(x_recon), mu, logvar)
+    torch.testing.assert_close(large.total - 0.03 * large.kl, 4 * (small.total - 0.03 * small.kl))
+    torch.testing.assert_close(large.recon, small.recon)
+    torch.testing.assert_close(large.kl, small.kl)
 
 
 def test_gan_losses_equal_the_seeds_probability_form_where_that_is_accurate():
