@@ -40,6 +40,7 @@ EXTRAS_FILE = "extras.safetensors"
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 VERSION_DIR_RE = re.compile(r"^[0-9]{6,}$")
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
+PRIORS = ("auto", "standard", "fitted")
 WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -148,13 +149,31 @@ class Checkpoint:
     def pca(self) -> PcaBasis | None:
         return PcaBasis.from_tensors(self.extras) if "pca.components" in self.extras else None
 
-    def sample_latents(self, n: int, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
-        """Latents whose decodings are the model's samples: N(0, I) for the VAE and GAN.
+    @property
+    def default_prior(self) -> str:
+        """'fitted' for a model with an encoder and a stored basis, 'standard' otherwise."""
+        has_encoder = get_kind(self.manifest.kind).has_encoder
+        return "fitted" if has_encoder and self.pca is not None else "standard"
 
-        An autoencoder's latents are not N(0, I), so it samples the Gaussian its PCA basis describes.
+    def sample_latents(self, n: int, generator: torch.Generator, temperature: float = 1.0,
+                       prior: str = "auto") -> torch.Tensor:
+        """Latents whose decodings are the model's samples.
+
+        standard: N(0, I), the prior the VAE and the GAN are trained with.
+        fitted: the Gaussian of the latent means of held-out faces (the stored PCA basis), an
+            ex-post density estimate of the aggregate posterior (Ghosh et al. 2020). An AE's
+            latents are not N(0, I) at all, and a VAE's aggregate posterior matches its prior only
+            after long training, so for models with an encoder this is the default.
+        auto: default_prior.
         """
-        if self.manifest.kind == "ae" and self.pca is not None:
+        prior = self.default_prior if prior == "auto" else prior
+        if prior == "fitted":
+            if self.pca is None or not get_kind(self.manifest.kind).has_encoder:
+                raise ValueError(f"{self.manifest.name} v{self.manifest.version} has no fitted latent Gaussian "
+                                 "(that needs an encoder and a stored PCA basis); use prior=standard")
             return self.pca.to_latent(temperature * torch.randn(n, self.pca.n_components, generator=generator))
+        if prior != "standard":
+            raise ValueError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
         return sample_prior(n, self.model.latent_dim, generator, temperature)
 
 

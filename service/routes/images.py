@@ -42,8 +42,11 @@ async def served_model(
 ServedDep = Annotated[ServedModel, Depends(served_model)]
 
 
-def prior_latents(served: ServedModel, n: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
-    return served.checkpoint.sample_latents(n, torch.Generator().manual_seed(seed), temperature)
+def prior_latents(served: ServedModel, n: int, seed: int, temperature: float = 1.0, prior: str = "auto") -> torch.Tensor:
+    try:
+        return served.checkpoint.sample_latents(n, torch.Generator().manual_seed(seed), temperature, prior)
+    except ValueError as e:
+        raise ApiError(422, f"prior={prior} is not available for {served.name}", str(e)) from None
 
 
 async def decode(served: ServedModel, z: torch.Tensor) -> torch.Tensor:
@@ -79,10 +82,14 @@ async def sample(
     request: Request, served: ServedDep, seed: Seed = 0, nrow: Nrow = None,
     n: Annotated[int, Query(ge=1, le=256, description="number of faces", examples=[64])] = 64,
     temperature: Annotated[float, Query(gt=0, le=5, description="scale of the latents (lower: safer, plainer faces)", examples=[1.0])] = 1.0,
+    prior: Annotated[Literal["auto", "standard", "fitted"], Query(
+        description="standard: N(0, I); fitted: the Gaussian of held-out faces' latents (AE/VAE); "
+                    "auto: fitted for AE/VAE, standard for the GAN", examples=["auto"])] = "auto",
 ) -> Response:
     """Random faces drawn from the model's prior."""
-    params = dict(n=n, nrow=nrow, seed=seed, temperature=temperature)
-    return await render(request, served, params, seed, nrow or square_nrow(n), lambda: prior_latents(served, n, seed, temperature))
+    z = prior_latents(served, n, seed, temperature, prior)  # cheap; checks `prior` before any caching
+    params = dict(n=n, nrow=nrow, seed=seed, temperature=temperature, prior=prior)
+    return await render(request, served, params, seed, nrow or square_nrow(n), lambda: z)
 
 
 @router.get("/interpolate", responses=PNG, response_class=Response)

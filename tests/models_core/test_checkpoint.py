@@ -306,12 +306,18 @@ def test_copy_from_refuses_a_corrupt_source(tmp_path):
     assert dest.models() == []
 
 
-def test_samples_come_from_the_standard_prior_except_for_an_autoencoder(store):
-    for kind in ("ae", "vae"):
+def test_encoder_models_sample_the_fitted_gaussian_by_default_and_n01_on_request(store):
+    for kind in ("ae", "vae", "gan"):
         publish_tiny(store, kind)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    vae, ae = store.load("vae"), store.load("ae")
-    assert torch.equal(vae.sample_latents(5, g()), torch.randn(5, 8, generator=g()))
+    vae, ae, gan = store.load("vae"), store.load("ae"), store.load("gan")
+    assert (ae.default_prior, vae.default_prior, gan.default_prior) == ("fitted", "fitted", "standard")
+    assert torch.equal(vae.sample_latents(5, g(), prior="standard"), torch.randn(5, 8, generator=g()))
+    assert torch.equal(gan.sample_latents(5, g()), torch.randn(5, 8, generator=g()))
     z = ae.sample_latents(4000, g())
     torch.testing.assert_close(z.mean(0), ae.pca.mean.float(), atol=0.15, rtol=0)
     torch.testing.assert_close(ae.pca.project(z).std(0), torch.ones(8), atol=0.1, rtol=0)  # unit-variance coords
+    with pytest.raises(ValueError, match="no fitted latent Gaussian"):
+        gan.sample_latents(1, g(), prior="fitted")
+    with pytest.raises(ValueError, match="unknown prior"):
+        vae.sample_latents(1, g(), prior="uniform")

@@ -78,6 +78,16 @@ def test_temperature_zero_point_is_the_prior_mean(client):
     assert a == b
 
 
+def test_encoder_models_sample_the_fitted_gaussian_unless_asked_for_n01(client):
+    default = client.get("/sample?model=vae&n=4&seed=3")
+    assert default.content == client.get("/sample?model=vae&n=4&seed=3&prior=fitted").content
+    standard = client.get("/sample?model=vae&n=4&seed=3&prior=standard")
+    assert standard.status_code == 200 and standard.content != default.content
+    assert standard.headers["etag"] != default.headers["etag"]
+    gan = client.get("/sample?model=gan&n=4&seed=3")
+    assert gan.content == client.get("/sample?model=gan&n=4&seed=3&prior=standard").content
+
+
 @pytest.mark.parametrize("url,status,fragment", [
     ("/sample?n=0", 422, "n: Input should be greater than or equal to 1"),
     ("/sample?n=257", 422, "less than or equal to 256"),
@@ -99,6 +109,9 @@ def test_temperature_zero_point_is_the_prior_mean(client):
     ("/reconstruct?model=gan", 422, "has no encoder"),
     ("/pca-grid?model=plain-gan", 409, "has no stored PCA basis"),
     ("/reconstruct?n=65&model=vae", 422, "n:"),
+    ("/sample?model=gan&prior=fitted", 422, "prior=fitted is not available for gan"),
+    ("/sample?model=plain-gan&prior=fitted", 422, "prior=fitted is not available"),
+    ("/sample?prior=uniform", 422, "prior"),
 ])
 def test_bad_input_is_a_json_4xx_that_says_what_is_allowed(client, url, status, fragment):
     r = client.get(url)

@@ -55,5 +55,16 @@ def test_evaluate_cli_writes_metrics_into_the_manifest(tmp_path, packed):
     vae, gan = store.read_manifest("vae").metrics, store.read_manifest("gan").metrics
     assert vae["eval_split"] == "test" and vae["eval_n_real"] == 16 and vae["recon_mse"] > 0 and vae["recon_psnr_db"] > 0
     assert "swd_x1e3_avg" in vae and "swd_x1e3_avg" in gan and "recon_mse" not in gan
+    assert (vae["eval_prior"], gan["eval_prior"]) == ("fitted", "standard")
+
+    proc = run_trainer("evaluate", "--model", "vae", "--data", packed, "--checkpoints", store.root, "--n", "16",
+                       "--no-fid", "--prior", "standard", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    both = store.read_manifest("vae").metrics
+    assert both["swd_x1e3_avg"] == vae["swd_x1e3_avg"]  # the default prior's scores stay
+    assert both["eval_prior@standard"] == "standard" and both["swd_x1e3_avg@standard"] != vae["swd_x1e3_avg"]
+    proc = run_trainer("evaluate", "--model", "gan", "--data", packed, "--checkpoints", store.root, "--n", "16",
+                       "--no-fid", "--prior", "fitted", cwd=tmp_path)
+    assert proc.returncode == 1 and "no fitted latent Gaussian" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_trainer("evaluate", "--model", "nope", "--data", packed, "--checkpoints", store.root, cwd=tmp_path)
     assert proc.returncode == 1 and "no published versions of model 'nope'" in proc.stderr and "Traceback" not in proc.stderr
