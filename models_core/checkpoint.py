@@ -281,6 +281,7 @@ class CheckpointStore:
             manifest.version = (self.latest(manifest.name) or 0) + 1
             (tmp / MANIFEST_FILE).write_text(manifest.to_json())
             for p in tmp.iterdir():
+                p.chmod(0o644)  # safetensors writes 0600; a service running as another user must read them
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
             fsync_dir(tmp)

@@ -35,6 +35,12 @@ def test_publish_then_load_rebuilds_the_same_network(store):
     assert m.files == {WEIGHTS_FILE: sha256_file(ckpt.path / WEIGHTS_FILE)}
 
 
+def test_published_files_are_readable_by_a_service_running_as_another_user(store):
+    publish_tiny(store, "vae")
+    for f in store.path("vae", 1).iterdir():
+        assert f.stat().st_mode & 0o044 == 0o044, (f.name, oct(f.stat().st_mode))
+
+
 def test_versions_are_numbered_monotonically_and_listed(store):
     assert store.models() == [] and store.latest("vae") is None
     assert [publish_tiny(store, "vae") for _ in range(3)] == [1, 2, 3]
