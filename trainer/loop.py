@@ -182,8 +182,12 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, d: Dist) -> TrainResult:
         net.eval()
         grids = {}
         with torch.no_grad():
-            grids["samples"] = image_grid(net.decode(fixed_z).float(), nrow=8)
-            if hasattr(net, "embed"):  # an AE's N(0, I) samples say little; its reconstructions do
+            z = fixed_z
+            if hasattr(net, "embed"):  # sample as the service does, from the Gaussian of held-out latents
+                basis = latent_pca(net, held_out, device)
+                z = basis.to_latent(fixed_z[:, : basis.n_components].cpu()).to(device)
+            grids["samples"] = image_grid(net.decode(z).float(), nrow=8)
+            if hasattr(net, "embed"):
                 faces = FaceBatches.to_float(held_out[:32].to(device), None)
                 grids["reconstructions"] = image_grid(torch.cat([faces, net.decode(net.embed(faces)).float()]), nrow=8)
         net.train(was_training)
