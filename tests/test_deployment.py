@@ -1,5 +1,6 @@
 """No Docker engine runs here, so check the deployment files against what the code accepts."""
 
+import fnmatch
 import re
 import shlex
 from pathlib import Path
@@ -13,6 +14,7 @@ from trainer.__main__ import train_parser
 from trainer.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ("ae", "vae", "gan")  # checkpoints/<name>/000001, tracked in git
 TRAINER_ENV = {"FACEGEN_CHECKPOINT_ROOT", "FACEGEN_RUNS_DIR"}
 
 
@@ -71,6 +73,30 @@ def test_dockerfile_runs_the_documented_commands():
     assert set(env) <= settings_env_names() | TRAINER_ENV
     assert f"EXPOSE {env['FACEGEN_PORT']}" in text
     assert text.index("COPY pyproject.toml") < text.index("COPY models_core")  # dependencies cached first
+    assert f"COPY --chown=facegen checkpoints {env['FACEGEN_CHECKPOINT_ROOT']}\n" in text  # the bundled models
+
+
+def dockerignored(path: str) -> bool:
+    """Docker's rule: the last pattern that matches a path (or one of its parents) decides."""
+    ignored = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.removeprefix("!")
+        parts = Path(path).parts
+        if any(fnmatch.fnmatch("/".join(parts[:i]), pattern) for i in range(1, len(parts) + 1)):
+            ignored = not negate
+    return ignored
+
+
+def test_the_image_carries_the_bundled_models_but_nothing_trained_locally():
+    bundled = [f"checkpoints/{name}/000001/{file}" for name in BUNDLED for file in ("manifest.json", "weights.safetensors")]
+    assert all((ROOT / p).is_file() for p in bundled)
+    assert not any(dockerignored(p) for p in bundled)
+    assert dockerignored("checkpoints/gan/000002/weights.safetensors")
+    assert dockerignored("runs/00001-gan/training_state.safetensors")
 
 
 def readme_compose_commands() -> list[list[str]]:

@@ -1,0 +1,62 @@
+"""The models shipped in checkpoints/: what the README's main command serves on a fresh clone."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from safetensors import safe_open
+
+from models_core.checkpoint import CheckpointStore
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import publish_tiny
+from tests.test_deployment import BUNDLED
+
+ROOT = Path(__file__).resolve().parents[1]
+STORE = CheckpointStore(ROOT / "checkpoints")
+
+
+def test_the_bundle_is_inference_weights_in_half_precision_within_80_mb():
+    total = 0
+    for name in BUNDLED:
+        ckpt = STORE.load(name, 1)  # verifies every checksum
+        files = sorted(p.name for p in ckpt.path.iterdir())
+        assert files == ["extras.safetensors", "manifest.json", "weights.safetensors"], files
+        assert ckpt.manifest.weights_dtype in ("bfloat16", "float16")
+        assert "pca.components" in ckpt.extras
+        with safe_open(ckpt.path / "weights.safetensors", "pt") as f:
+            assert not [k for k in f.keys() if k.startswith(("D.", "discriminator", "optim"))]
+        total += sum(p.stat().st_size for p in ckpt.path.iterdir())
+    assert total <= 80 * 2**20, total
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_each_bundled_model_is_evaluated_against_held_out_faces(name):
+    m = STORE.read_manifest(name, 1)
+    assert m.data_fingerprint and m.step > 0
+    assert {"fid", "kid_mean", "kid_std", "eval_n_fake", "eval_n_real", "eval_split"} <= set(m.metrics)
+    assert m.metrics["eval_split"] in ("valid", "test") and m.metrics["eval_n_real"] >= 500
+    if m.kind != "gan":
+        assert {"recon_mse", "recon_psnr_db"} <= set(m.metrics)
+
+
+def test_the_default_settings_serve_the_bundled_models(monkeypatch):
+    monkeypatch.chdir(ROOT)  # where run.sh starts the service
+    with TestClient(create_app(Settings(_env_file=None))) as client:
+        assert client.get("/readyz").status_code == 200
+        served = {m["name"]: m["served_version"] for m in client.get("/models").json()["models"]}
+        assert {name: served.get(name) for name in BUNDLED} == {name: 1 for name in BUNDLED}
+        for path in ("/sample?model=gan&n=4", "/sample?model=vae&n=4", "/reconstruct?model=ae&n=4",
+                     "/pca-grid?model=vae&steps=3", "/interpolate?model=gan&steps=4"):
+            r = client.get(path)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png", (path, r.text[:200])
+
+
+def test_a_newly_trained_version_wins_over_the_bundled_one(tmp_path):
+    root = tmp_path / "checkpoints"
+    shutil.copytree(ROOT / "checkpoints" / "gan", root / "gan")
+    publish_tiny(CheckpointStore(root), "gan")
+    with TestClient(create_app(Settings(checkpoint_root=root, _env_file=None))) as client:
+        assert client.get("/models").json()["models"][0]["served_version"] == 2
+        assert client.get("/sample?model=gan&n=1").headers["x-model-version"] == "2"
