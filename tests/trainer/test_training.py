@@ -5,11 +5,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from models_core.checkpoint import WEIGHTS_FILE, CheckpointStore
-from models_core.images import encode_png, image_grid
+from models_core.images import image_grid
 from tests.conftest import wait_until
 from tests.trainer.conftest import REPO, run_trainer
 from trainer.data import PackedFaces
@@ -47,8 +49,10 @@ def test_vae_run_publishes_a_version_the_store_loads(tmp_path, packed):
         "step00000004.png", "step00000004_reconstructions.png", "step00000008.png", "step00000008_reconstructions.png"]
     assert json.loads((run / "config.json").read_text())["network"]["latent_dim"] == 8
     # The last epoch's sample grid is what the service serves for seed 0 (the fitted Gaussian).
+    # (Equal up to float rounding: the trainer's process may run with another thread count.)
     served = image_grid(ckpt.model.decode(ckpt.sample_latents(64, torch.Generator().manual_seed(0))), nrow=8)
-    assert (run / "samples" / "step00000008.png").read_bytes() == encode_png(served)
+    written = np.asarray(Image.open(run / "samples" / "step00000008.png"), dtype=np.int16)
+    assert np.abs(written - served.astype(np.int16)).max() <= 2
 
 
 def test_gan_publishes_the_ema_generator_and_a_ganspace_basis(tmp_path, packed):
