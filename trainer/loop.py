@@ -11,7 +11,7 @@ import torch
 
 from models_core.checkpoint import WEIGHT_DTYPES, CheckpointStore
 from models_core.images import encode_png, image_grid
-from models_core.latent import sample_prior
+from models_core.latent import PcaBasis, sample_prior
 from trainer.bases import ganspace_basis, latent_pca
 from trainer.config import TrainConfig
 from trainer.data import FaceBatches, PackedFaces
@@ -156,46 +156,52 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, d: Dist) -> TrainResult:
             "config": cfg.to_dict(), "data_fingerprint": data.fingerprint,
         })
 
-    def publish(metrics: dict):
-        if not d.is_main:
-            return
-        net = ema.net if ema else task.inference_net
-        net.eval()
+    def fit_basis(net) -> PcaBasis:
+        """What a version stores for /pca-grid: GANSpace directions, or the PCA of held-out latents."""
         if cfg.model == "gan":
-            basis = ganspace_basis(net, device, n_samples=cfg.pca_samples, seed=cfg.seed)
-        else:
-            basis = latent_pca(net, held_out, device)
+            return ganspace_basis(net, device, n_samples=cfg.pca_samples, seed=cfg.seed)
+        return latent_pca(net, held_out, device)
+
+    def publish(net, basis: PcaBasis):
         version = store.publish(
             cfg.name, cfg.model, cfg.network_config, net.state_dict(), step=step, epoch=epoch,
-            data_fingerprint=data.fingerprint, metrics=metrics, extras=basis.to_tensors(),
-            dtype=WEIGHT_DTYPES[cfg.publish_dtype],
+            data_fingerprint=data.fingerprint, metrics={k: float(v) for k, v in last.items()},
+            extras=basis.to_tensors(), dtype=WEIGHT_DTYPES[cfg.publish_dtype],
         )
-        task.inference_net.train()
         published.append(version)
         log.write(f"published {cfg.name} v{version} (step {step}) to {store.path(cfg.name, version)}")
 
-    def epoch_images():
-        if not d.is_main:
-            return
-        net = ema.net if ema else task.inference_net
-        was_training = net.training
-        net.eval()
+    @torch.no_grad()
+    def write_images(net, basis: PcaBasis | None):
         grids = {}
-        with torch.no_grad():
-            z = fixed_z
-            if hasattr(net, "embed"):  # sample as the service does, from the Gaussian of held-out latents
-                basis = latent_pca(net, held_out, device)
-                z = basis.to_latent(fixed_z[:, : basis.n_components].cpu()).to(device)
-            grids["samples"] = image_grid(net.decode(z).float(), nrow=8)
-            if hasattr(net, "embed"):
-                faces = FaceBatches.to_float(held_out[:32].to(device), None)
-                grids["reconstructions"] = image_grid(torch.cat([faces, net.decode(net.embed(faces)).float()]), nrow=8)
-        net.train(was_training)
+        z = fixed_z
+        if basis is not None:  # AE/VAE: sample as the service does, from the Gaussian of held-out latents
+            z = basis.to_latent(fixed_z[:, : basis.n_components].cpu()).to(device)
+        grids["samples"] = image_grid(net.decode(z).float(), nrow=8)
+        if hasattr(net, "embed"):
+            faces = FaceBatches.to_float(held_out[:32].to(device), None)
+            grids["reconstructions"] = image_grid(torch.cat([faces, net.decode(net.embed(faces)).float()]), nrow=8)
         (run_dir / "samples").mkdir(exist_ok=True)
         for tag, grid in grids.items():
             log.image(tag, step, grid)
             suffix = "" if tag == "samples" else f"_{tag}"
             (run_dir / "samples" / f"step{step:08d}{suffix}.png").write_bytes(encode_png(grid))
+
+    def end_of_epoch(publish_now: bool):
+        """Sample grids, and a published version when one is due; the basis is fitted once for both."""
+        if publish_now:
+            flush_metrics()
+        if not d.is_main:
+            return
+        net = ema.net if ema else task.inference_net
+        was_training = net.training
+        net.eval()
+        has_encoder = hasattr(net, "embed")
+        basis = fit_basis(net) if publish_now or has_encoder else None
+        write_images(net, basis if has_encoder else None)
+        if publish_now:
+            publish(net, basis)
+        net.train(was_training)
 
     stop = StopFlag()
     last, stopping = {}, False
@@ -224,13 +230,9 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, d: Dist) -> TrainResult:
                 return TrainResult(run_dir, step, epoch, published, stopped_by=stop.signum or signal.SIGTERM)
             if batch >= len(batches):
                 epoch, batch = epoch + 1, 0
-                epoch_images()
-                if cfg.publish_every and epoch % cfg.publish_every == 0 and step < total:
-                    flush_metrics()
-                    publish({k: float(v) for k, v in last.items()})
-        flush_metrics()
-        epoch_images()
-        publish({k: float(v) for k, v in last.items()})
+                if step < total:  # the last epoch ends below, with a publish
+                    end_of_epoch(publish_now=bool(cfg.publish_every) and epoch % cfg.publish_every == 0)
+        end_of_epoch(publish_now=True)
         snapshot()
         return TrainResult(run_dir, step, epoch, published)
     finally:
