@@ -7,7 +7,7 @@ from typing import Annotated, Callable, Literal
 import torch
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 
-from models_core.checkpoint import MODEL_NAME_RE
+from models_core.checkpoint import MODEL_NAME_RE, PRIORS
 from models_core.images import ImageDecodeError, decode_image
 from models_core.latent import interpolation_path, latent_sweep
 from service.batching import QueueFull
@@ -82,7 +82,7 @@ async def sample(
     request: Request, served: ServedDep, seed: Seed = 0, nrow: Nrow = None,
     n: Annotated[int, Query(ge=1, le=256, description="number of faces", examples=[64])] = 64,
     temperature: Annotated[float, Query(gt=0, le=5, description="scale of the latents (lower: safer, plainer faces)", examples=[1.0])] = 1.0,
-    prior: Annotated[Literal["auto", "standard", "fitted"], Query(
+    prior: Annotated[Literal[PRIORS], Query(
         description="standard: N(0, I); fitted: the Gaussian of held-out faces' latents (AE/VAE); "
                     "auto: fitted for AE/VAE, standard for the GAN", examples=["auto"])] = "auto",
 ) -> Response:
