@@ -3,19 +3,18 @@
 import asyncio
 import contextlib
 import logging
-import time
 from importlib import resources
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from PIL import Image
 
 from models_core.images import from_uint8
 from service.body_limit import BodyLimitMiddleware
 from service.errors import install_error_handlers
-from service.metrics import ServiceMetrics
+from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.registry import ModelRegistry
 from service.responses import PngCache
 from service.routes import images, meta
@@ -61,19 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Every upload allowed at once, plus room for the multipart framing.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_files * settings.max_upload_bytes + 1024 * 1024)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees the 413s too
     app.include_router(images.router)
     app.include_router(meta.router)
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        model = getattr(request.state, "model", "")
-        metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint, model).observe(time.perf_counter() - start)
-        return response
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:

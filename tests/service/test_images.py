@@ -176,8 +176,12 @@ def test_models_health_and_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     client.get("/sample?model=vae&n=3")
+    client.get("/sample?model=vae&n=0")
+    client.get("/no-such-page")
     text = client.get("/metrics").text
     assert 'facegen_requests_total{endpoint="/sample",model="vae",status="200"} 1.0' in text
+    assert 'facegen_requests_total{endpoint="/sample",model="vae",status="422"} 1.0' in text
+    assert 'facegen_requests_total{endpoint="unmatched",model="",status="404"} 1.0' in text
     assert 'facegen_served_version{model="vae"} 1.0' in text
     assert "facegen_request_seconds_bucket" in text and "facegen_batch_rows_bucket" in text
 
