@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="interface to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: 8000)")
     parser.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile each decoder as it loads: slower start, faster forward passes")
     args = parser.parse_args(argv)
     settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
     if settings.device.startswith("cuda"):

@@ -14,6 +14,7 @@ from models_core.checkpoint import MODEL_NAME_RE, Checkpoint, CheckpointError, C
 from models_core.latent import PcaBasis
 from service.batching import DecodeBatcher
 from service.errors import ApiError
+from service.inference import compile_decoder, run_inference
 from service.settings import Settings
 
 log = logging.getLogger("facegen.service")
@@ -55,12 +56,6 @@ class ServedModel:
         return run_inference(self.net.embed, x, self.device, self.autocast)
 
 
-def run_inference(fn, x: torch.Tensor, device: torch.device, autocast) -> torch.Tensor:
-    """fn(x) on the device, without autograd, under the served precision; float32 on the CPU back."""
-    with torch.inference_mode(), autocast():
-        return fn(x.to(device)).float().cpu()
-
-
 class ModelRegistry:
     def __init__(self, settings: Settings, on_batch=lambda name, n: None):
         self.settings = settings
@@ -82,8 +77,12 @@ class ModelRegistry:
     async def _load(self, name: str, version: int) -> ServedModel:
         loop = asyncio.get_running_loop()
         ckpt = await loop.run_in_executor(self.executor, self.store.load, name, version, self.device)
-        decode = functools.partial(run_inference, ckpt.model.decode, device=self.device, autocast=self.autocast)
         s = self.settings
+        forward = ckpt.model.decode
+        if s.compile:
+            forward = await loop.run_in_executor(self.executor, compile_decoder, ckpt.model, self.device,
+                                                 self.autocast, f"{name} v{version}")
+        decode = functools.partial(run_inference, forward, device=self.device, autocast=self.autocast)
         batcher = DecodeBatcher(decode, self.executor, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
                                 on_batch=lambda n: self.on_batch(name, n))
         return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.autocast)

@@ -14,6 +14,8 @@ class Settings(BaseSettings):
     models: list[str] | None = Field(None, description="model names to serve (JSON list); default: every model in the root")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    compile: bool = Field(False, description="torch.compile each decoder as it loads: a slower start (~10 s per "
+                          "model on a CPU, which needs a C++ compiler), faster forward passes")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_batch: int = Field(256, ge=1, description="most images decoded in one forward pass")
