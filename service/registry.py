@@ -80,8 +80,8 @@ class ModelRegistry:
         s = self.settings
         forward = ckpt.model.decode
         if s.compile:
-            forward = await loop.run_in_executor(self.executor, compile_decoder, ckpt.model, self.device,
-                                                 self.autocast, f"{name} v{version}")
+            # Off the inference thread: the models being served keep answering while this one compiles.
+            forward = await asyncio.to_thread(compile_decoder, ckpt.model, self.device, self.autocast, f"{name} v{version}")
         decode = functools.partial(run_inference, forward, device=self.device, autocast=self.autocast)
         batcher = DecodeBatcher(decode, self.executor, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
                                 on_batch=lambda n: self.on_batch(name, n))
