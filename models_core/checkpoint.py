@@ -155,6 +155,12 @@ class Checkpoint:
         has_encoder = get_kind(self.manifest.kind).has_encoder
         return "fitted" if has_encoder and self.pca is not None else "standard"
 
+    def resolve_prior(self, prior: str) -> str:
+        """The prior that `prior` names for this model: 'auto' becomes default_prior."""
+        if prior not in PRIORS:
+            raise ValueError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
+        return self.default_prior if prior == "auto" else prior
+
     def sample_latents(self, n: int, generator: torch.Generator, temperature: float = 1.0,
                        prior: str = "auto") -> torch.Tensor:
         """Latents whose decodings are the model's samples.
@@ -166,14 +172,11 @@ class Checkpoint:
             after long training, so for models with an encoder this is the default.
         auto: default_prior.
         """
-        prior = self.default_prior if prior == "auto" else prior
-        if prior == "fitted":
+        if self.resolve_prior(prior) == "fitted":
             if self.pca is None or not get_kind(self.manifest.kind).has_encoder:
                 raise ValueError(f"{self.manifest.name} v{self.manifest.version} has no fitted latent Gaussian "
                                  "(that needs an encoder and a stored PCA basis); use prior=standard")
             return self.pca.to_latent(temperature * torch.randn(n, self.pca.n_components, generator=generator))
-        if prior != "standard":
-            raise ValueError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
         return sample_prior(n, self.model.latent_dim, generator, temperature)
 
 

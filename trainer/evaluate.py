@@ -111,7 +111,7 @@ def evaluate(store: CheckpointStore, name: str, version: int | None, data: Packe
     are stored as fid, kid_mean, ...; those of another prior as fid@standard, kid_mean@standard, ...
     """
     ckpt = store.load(name, version, device=device)
-    prior = ckpt.default_prior if prior == "auto" else prior
+    prior = ckpt.resolve_prior(prior)
     real_u8 = data.tensor(split, "cpu", limit=n)
     real = FaceBatches.to_float(real_u8, None)
     fake = generate(ckpt, len(real), device, seed, prior)

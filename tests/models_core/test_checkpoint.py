@@ -318,6 +318,7 @@ def test_encoder_models_sample_the_fitted_gaussian_by_default_and_n01_on_request
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     vae, ae, gan = store.load("vae"), store.load("ae"), store.load("gan")
     assert (ae.default_prior, vae.default_prior, gan.default_prior) == ("fitted", "fitted", "standard")
+    assert (vae.resolve_prior("auto"), gan.resolve_prior("auto"), vae.resolve_prior("standard")) == ("fitted", "standard", "standard")
     assert torch.equal(vae.sample_latents(5, g(), prior="standard"), torch.randn(5, 8, generator=g()))
     assert torch.equal(gan.sample_latents(5, g()), torch.randn(5, 8, generator=g()))
     z = ae.sample_latents(4000, g())
@@ -327,3 +328,5 @@ def test_encoder_models_sample_the_fitted_gaussian_by_default_and_n01_on_request
         gan.sample_latents(1, g(), prior="fitted")
     with pytest.raises(ValueError, match="unknown prior"):
         vae.sample_latents(1, g(), prior="uniform")
+    with pytest.raises(ValueError, match="unknown prior"):
+        gan.resolve_prior("uniform")
