@@ -176,7 +176,7 @@ class Checkpoint:
             if self.pca is None or not get_kind(self.manifest.kind).has_encoder:
                 raise ValueError(f"{self.manifest.name} v{self.manifest.version} has no fitted latent Gaussian "
                                  "(that needs an encoder and a stored PCA basis); use prior=standard")
-            return self.pca.to_latent(temperature * torch.randn(n, self.pca.n_components, generator=generator))
+            return self.pca.sample(n, generator, temperature)
         return sample_prior(n, self.model.latent_dim, generator, temperature)
 
 

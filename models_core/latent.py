@@ -122,6 +122,10 @@ class PcaBasis:
             raise ValueError(f"{k} coordinates given but the basis has {self.n_components} components")
         return self.mean + (coords * self.std[:k]) @ self.components[:k]
 
+    def sample(self, n: int, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+        """(n, D) draws from the Gaussian this basis describes (mean, components, variances)."""
+        return self.to_latent(temperature * torch.randn(n, self.n_components, generator=generator))
+
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """(..., D) latents -> (..., K) coordinates in std units (inverse of to_latent on the span)."""
         return ((z - self.mean) @ self.components.T) / self.std.clamp_min(1e-12)

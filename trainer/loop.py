@@ -176,7 +176,7 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, d: Dist) -> TrainResult:
         grids = {}
         z = fixed_z
         if basis is not None:  # AE/VAE: sample as the service does, from the Gaussian of held-out latents
-            z = basis.to_latent(fixed_z[:, : basis.n_components].cpu()).to(device)
+            z = basis.sample(len(fixed_z), torch.Generator().manual_seed(cfg.seed)).to(device)
         grids["samples"] = image_grid(net.decode(z).float(), nrow=8)
         if hasattr(net, "embed"):
             faces = FaceBatches.to_float(held_out[:32].to(device), None)
