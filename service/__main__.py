@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", help="interface to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: 8000)")
     parser.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                        help="auto (default): bf16 where the chip has native bf16 (CUDA GPUs that support it, "
+                             "CPUs with AVX512-BF16 or AMX), fp32 elsewhere; the choice and why are logged at start-up")
     parser.add_argument("--compile", action="store_true", default=None,
                         help="torch.compile each decoder as it loads: slower start, faster forward passes")
     args = parser.parse_args(argv)

@@ -1,17 +1,17 @@
 """Models being served: loaded and verified from the checkpoint store, hot-swapped on new versions."""
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from models_core.checkpoint import MODEL_NAME_RE, Checkpoint, CheckpointError, CheckpointStore
 from models_core.latent import PcaBasis
+from models_core.precision import Precision, choose_precision
 from service.batching import DecodeBatcher
 from service.errors import ApiError
 from service.inference import compile_decoder, run_inference
@@ -29,7 +29,7 @@ class ServedModel:
     checkpoint: Checkpoint
     batcher: DecodeBatcher
     device: torch.device
-    autocast: object = field(repr=False, default=contextlib.nullcontext)
+    precision: Precision = Precision("fp32", "default")
 
     @property
     def manifest(self):
@@ -53,7 +53,7 @@ class ServedModel:
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Blocking; call from the executor."""
-        return run_inference(self.net.embed, x, self.device, self.autocast)
+        return run_inference(self.net.embed, x, self.device, self.precision.autocast(self.device))
 
 
 class ModelRegistry:
@@ -67,8 +67,9 @@ class ModelRegistry:
         self.refused: set[tuple[str, int]] = set()  # versions that failed verification
         self.on_batch = on_batch
         self.lock = asyncio.Lock()
-        bf16 = settings.precision == "bf16" or (settings.precision == "auto" and self.device.type == "cuda")
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.precision = choose_precision(settings.precision, self.device)
+        self.autocast = self.precision.autocast(self.device)
+        log.info("computing in %s on %s: %s", self.precision.name, self.device, self.precision.reason)
 
     def names(self) -> list[str]:
         names = self.settings.models if self.settings.models is not None else self.store.models()
@@ -85,7 +86,7 @@ class ModelRegistry:
         decode = functools.partial(run_inference, forward, device=self.device, autocast=self.autocast)
         batcher = DecodeBatcher(decode, self.executor, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
                                 on_batch=lambda n: self.on_batch(name, n))
-        return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.autocast)
+        return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.precision)
 
     async def refresh(self) -> None:
         """Serve the newest version of every model; a version that fails verification is refused

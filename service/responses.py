@@ -30,13 +30,14 @@ class PngCache:
                 self.items.popitem(last=False)
 
 
-def etag_for(endpoint: str, model: str, version: int, params: dict) -> str:
-    identity = json.dumps([endpoint, model, version, sorted(params.items())], default=str)
+def etag_for(endpoint: str, model: str, version: int, precision: str, params: dict) -> str:
+    # The precision is part of what a response is: bf16 and fp32 decode to different bytes.
+    identity = json.dumps([endpoint, model, version, precision, sorted(params.items())], default=str)
     return '"' + hashlib.sha256(identity.encode()).hexdigest()[:32] + '"'
 
 
-def identity_headers(model: str, version: int, seed: int | None) -> dict[str, str]:
-    headers = {"X-Model": model, "X-Model-Version": str(version)}
+def identity_headers(model: str, version: int, precision: str, seed: int | None) -> dict[str, str]:
+    headers = {"X-Model": model, "X-Model-Version": str(version), "X-Precision": precision}
     if seed is not None:
         headers["X-Seed"] = str(seed)
     return headers

@@ -13,7 +13,8 @@ class Settings(BaseSettings):
     checkpoint_root: Path = Field(Path("checkpoints"), description="checkpoint store to serve from")
     models: list[str] | None = Field(None, description="model names to serve (JSON list); default: every model in the root")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 where the chip has native bf16 "
+                                                           "(CUDA GPUs that support it, CPUs with AVX512-BF16 or AMX), fp32 elsewhere")
     compile: bool = Field(False, description="torch.compile each decoder as it loads: a slower start (~10 s per "
                           "model on a CPU, which needs a C++ compiler), faster forward passes")
     host: str = "127.0.0.1"

@@ -43,7 +43,8 @@ def train_parser() -> argparse.ArgumentParser:
     h.add_argument("--seed", type=int, help="seed for init, data order and noise (default 0)")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", help="auto (CUDA if present, default), cpu, cuda or cuda:N")
-    r.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="bf16 autocast; auto = bf16 on GPUs that support it")
+    r.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto (default): bf16 autocast where the chip has native bf16 "
+                   "(CUDA GPUs that support it, CPUs with AVX512-BF16 or AMX), fp32 elsewhere; the choice and why are logged")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the networks")
     r.add_argument("--max-steps", type=int, help="stop after this many steps in total (default: run all epochs)")
     r.add_argument("--log-every", type=int, help="steps between metric lines (default 50)")

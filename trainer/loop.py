@@ -1,6 +1,5 @@
 """The training loop: batches -> task.train_step -> EMA -> log -> snapshot -> publish."""
 
-import contextlib
 import signal
 import time
 from collections import defaultdict
@@ -12,6 +11,7 @@ import torch
 from models_core.checkpoint import WEIGHT_DTYPES, CheckpointStore
 from models_core.images import encode_png, image_grid
 from models_core.latent import PcaBasis, sample_prior
+from models_core.precision import choose_precision
 from trainer.bases import ganspace_basis, latent_pca
 from trainer.config import TrainConfig
 from trainer.data import FaceBatches, PackedFaces
@@ -65,12 +65,6 @@ def pick_device(name: str, d: Dist) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(precision: str, device: torch.device):
-    """bf16 autocast where asked, or by default on GPUs that support it; fp32 otherwise."""
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-
-
 def train(cfg: TrainConfig, resume_dir: Path | None = None) -> TrainResult:
     d = init_distributed("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
@@ -85,7 +79,8 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, d: Dist) -> TrainResult:
     data = PackedFaces.open(cfg.data)
     batches = FaceBatches(data.tensor("train", device), cfg.batch_size, cfg.seed, cfg.flip, d.rank, d.world)
     held_out = data.tensor(data.held_out(), "cpu", limit=cfg.pca_samples)
-    task = make_task(cfg, device, autocast_for(cfg.precision, device), d)
+    precision = choose_precision(cfg.precision, device)
+    task = make_task(cfg, device, precision.autocast(device), d)
     ema = EMA(task.inference_net, cfg.ema_decay) if cfg.ema else None
     store = CheckpointStore(cfg.checkpoints)
     fixed_z = sample_prior(64, task.inference_net.latent_dim, torch.Generator().manual_seed(cfg.seed)).to(device)
@@ -113,13 +108,14 @@ def _train(cfg: TrainConfig, resume_dir: Path | None, d: Dist) -> TrainResult:
     else:
         run_dir = create_run_dir(cfg.runs_dir, cfg.name) if d.is_main else None
     if d.is_main:
-        write_config(run_dir, cfg.to_dict())
+        write_config(run_dir, cfg.to_dict() | {"resolved_precision": precision.to_dict()})
 
     total = cfg.epochs * len(batches)
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     log = RunLog(run_dir, total, step, enabled=d.is_main, progress=cfg.progress)
-    log.write(f"run {run_dir}: {cfg.model} ({cfg.preset}) on {device}, {len(batches)} steps/epoch, {total - step} steps to go")
+    log.write(f"run {run_dir}: {cfg.model} ({cfg.preset}) on {device} in {precision.name} ({precision.reason}), "
+              f"{len(batches)} steps/epoch, {total - step} steps to go")
 
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
     window = {"steps": 0, "t0": time.perf_counter(), "last_good_step": step}

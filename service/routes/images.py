@@ -59,8 +59,8 @@ async def decode(served: ServedModel, z: torch.Tensor) -> torch.Tensor:
 async def render(request: Request, served: ServedModel, params: dict, seed: int | None, nrow: int,
                  latents: Callable[[], torch.Tensor]) -> Response:
     """Cached, ETagged PNG of decode(latents()) laid out nrow per row."""
-    etag = etag_for(request.url.path, served.name, served.version, params)
-    headers = identity_headers(served.name, served.version, seed) | {
+    etag = etag_for(request.url.path, served.name, served.version, served.precision.name, params)
+    headers = identity_headers(served.name, served.version, served.precision.name, seed) | {
         "ETag": etag, "Cache-Control": IMMUTABLE if request.state.pinned else REVALIDATE}
     if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
@@ -221,7 +221,7 @@ async def reconstruction_response(request: Request, served: ServedModel, faces: 
     recon = await decode(served, await embed(request, served, faces))
     images, width = originals_over_reconstructions(faces, recon)
     data = await asyncio.to_thread(grid_png, images, width)
-    return png_response(data, identity_headers(served.name, served.version, extra.get("seed")) | extra.get("headers", {}))
+    return png_response(data, identity_headers(served.name, served.version, served.precision.name, extra.get("seed")) | extra.get("headers", {}))
 
 
 @router.post("/reconstruct", responses=PNG, response_class=Response)
@@ -261,4 +261,4 @@ async def interpolate_uploads(
     z = await embed(request, served, faces)
     images = await decode(served, interpolation_path(z[:1], z[1:], steps, method)[0])
     data = await asyncio.to_thread(grid_png, images, steps)
-    return png_response(data, identity_headers(served.name, served.version, None) | {"Cache-Control": "no-store"})
+    return png_response(data, identity_headers(served.name, served.version, served.precision.name, None) | {"Cache-Control": "no-store"})

@@ -20,6 +20,7 @@ async def models(request: Request) -> dict:
             "has_encoder": served.has_encoder,
             "pca_components": served.basis.n_components if served.basis is not None else 0,
             "latent_dim": served.latent_dim,
+            "precision": served.precision.to_dict(),
             "manifest": {k: getattr(m, k) for k in ("config", "step", "epoch", "created_at", "data_fingerprint", "metrics", "weights_dtype")},
         })
     return {"models": out}

@@ -27,7 +27,10 @@ def served_store(tmp_path) -> CheckpointStore:
 
 
 def make_settings(store: CheckpointStore, **overrides) -> Settings:
-    return Settings(**{"checkpoint_root": store.root, "poll_seconds": 0.2, "max_wait_ms": 10, "_env_file": None, **overrides})
+    # fp32 unless a test asks: "auto" would pick bf16 on some CI machines and not on others, and
+    # byte-for-byte checks must not depend on the machine. The live servers below run "auto".
+    return Settings(**{"checkpoint_root": store.root, "poll_seconds": 0.2, "max_wait_ms": 10, "precision": "fp32",
+                       "_env_file": None, **overrides})
 
 
 @pytest.fixture

@@ -60,6 +60,23 @@ def test_etag_and_cache_control(client):
     assert client.get("/sample?model=vae&n=3").headers["etag"] != latest.headers["etag"]
 
 
+def test_precision_is_part_of_a_response_identity(served_store):
+    """bf16 and fp32 decode to different bytes, so they must never share an ETag or a cache entry."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    seen = {}
+    for precision in ("fp32", "bf16"):
+        with TestClient(create_app(make_settings(served_store, precision=precision))) as c:
+            r = c.get("/sample?model=gan&n=4&seed=7")
+            assert r.headers["x-precision"] == precision
+            gan = next(m for m in c.get("/models").json()["models"] if m["name"] == "gan")
+            assert gan["precision"] == {"precision": precision, "reason": "asked for"}
+            seen[precision] = r.headers["etag"]
+    assert seen["fp32"] != seen["bf16"]
+
+
 def test_same_request_is_identical_without_the_cache(served_store):
     from fastapi.testclient import TestClient
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from models_core.checkpoint import WEIGHTS_FILE, CheckpointStore
 from models_core.images import image_grid
+from models_core.precision import choose_precision
 from tests.conftest import wait_until
 from tests.trainer.conftest import REPO, run_trainer
 from trainer.data import PackedFaces
@@ -47,7 +48,11 @@ def test_vae_run_publishes_a_version_the_store_loads(tmp_path, packed):
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
         "step00000004.png", "step00000004_reconstructions.png", "step00000008.png", "step00000008_reconstructions.png"]
-    assert json.loads((run / "config.json").read_text())["network"]["latent_dim"] == 8
+    config = json.loads((run / "config.json").read_text())
+    assert config["network"]["latent_dim"] == 8
+    expected = choose_precision("auto", "cpu")  # what this machine's CPU has decides
+    assert config["precision"] == "auto" and config["resolved_precision"] == expected.to_dict()
+    assert f"in {expected.name} ({expected.reason})" in proc.stdout + proc.stderr
     # The last epoch's sample grid is what the service serves for seed 0 (the fitted Gaussian).
     # (Equal up to float rounding: the trainer's process may run with another thread count.)
     served = image_grid(ckpt.model.decode(ckpt.sample_latents(64, torch.Generator().manual_seed(0))), nrow=8)
