@@ -3,14 +3,14 @@
     python bench/train_throughput.py --zip ../shared/data/celeba-20k/img_align_celeba.zip \
         --data DIR_FROM_PREPARE_DATA [--preset seed] [--steps 10] [--models ae vae gan]
 
-Reference: fp32, contiguous tensors, a DataLoader decoding JPEGs from the zip with per-step
+Reference: fp32 (as the seed trains), contiguous tensors, a DataLoader decoding JPEGs from the zip with per-step
 torchvision transforms (2 workers), the seed's probability-space GAN losses, and D's weight
 gradients computed during the G step. Ours: the packed uint8 set in memory (on the device),
-channels_last, logits losses, D frozen for the G step; same architecture and batch size.
+channels_last, logits losses, D frozen for the G step, the trainer's precision (auto: bf16 where
+the chip has native bf16); same architecture and batch size.
 """
 
 import argparse
-import contextlib
 import time
 import zipfile
 from pathlib import Path
@@ -24,10 +24,13 @@ from torchvision import transforms
 
 from models_core.dcgan import Discriminator, Generator
 from models_core.losses import vae_loss
+from models_core.precision import choose_precision
 from models_core.registry import build_model
 from trainer.config import TrainConfig
 from trainer.data import FaceBatches, PackedFaces
 from trainer.tasks import make_task
+
+from hardware import describe
 
 
 class ZipFaces(Dataset):
@@ -89,11 +92,10 @@ def reference_steps(model: str, cfg, zip_path: Path, batch: int, steps: int, dev
     return timed(step, (x.to(device) for x, _ in loader), batch, steps, device)
 
 
-def our_steps(model: str, preset: str, data: PackedFaces, batch: int, steps: int, device) -> float:
+def our_steps(model: str, preset: str, data: PackedFaces, batch: int, steps: int, device, precision) -> float:
     torch.manual_seed(0)
     cfg = TrainConfig(model=model, data=data.root, preset=preset, batch_size=batch)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
-    task = make_task(cfg, device, autocast)
+    task = make_task(cfg, device, precision.autocast(device))
     batches = FaceBatches(data.tensor("train", device), batch)
     return timed(task.train_step, batches.epoch(0), batch, steps, device)
 
@@ -119,15 +121,18 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--models", nargs="+", default=["ae", "vae", "gan"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="ours (the reference stays fp32)")
     args = p.parse_args()
     device = torch.device(args.device)
+    precision = choose_precision(args.precision, device)
     data = PackedFaces.open(args.data)
-    print(f"device {device} ({torch.get_num_threads()} CPU threads), preset {args.preset}, {args.steps} timed steps")
+    print(describe(device))
+    print(f"preset {args.preset}, {args.steps} timed steps; reference fp32, ours {precision.name} ({precision.reason})")
     print(f"{'model':6} {'batch':>5} {'reference img/s':>16} {'ours img/s':>11} {'speed-up':>9}")
     for model in args.models:
         cfg = TrainConfig(model=model, data=args.data, preset=args.preset)
         ref = reference_steps(model, cfg.network_config, args.zip, cfg.batch_size, args.steps, device)
-        ours = our_steps(model, args.preset, data, cfg.batch_size, args.steps, device)
+        ours = our_steps(model, args.preset, data, cfg.batch_size, args.steps, device, precision)
         print(f"{model:6} {cfg.batch_size:5d} {ref:16.1f} {ours:11.1f} {ours / ref:8.2f}×", flush=True)
 
 

@@ -155,6 +155,14 @@ class Checkpoint:
         has_encoder = get_kind(self.manifest.kind).has_encoder
         return "fitted" if has_encoder and self.pca is not None else "standard"
 
+    def prior_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, per-dimension std) of the distribution the model samples from by default: where
+        its typical latents are and how far they spread along each dimension."""
+        if self.default_prior == "fitted":
+            return self.pca.mean, self.pca.dim_std
+        d = self.model.latent_dim
+        return torch.zeros(d), torch.ones(d)
+
     def resolve_prior(self, prior: str) -> str:
         """The prior that `prior` names for this model: 'auto' becomes default_prior."""
         if prior not in PRIORS:

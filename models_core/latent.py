@@ -115,6 +115,11 @@ class PcaBasis:
     def std(self) -> torch.Tensor:
         return self.explained_variance.clamp_min(0).sqrt()
 
+    @property
+    def dim_std(self) -> torch.Tensor:
+        """(D,) standard deviation of each latent dimension under this Gaussian (its covariance's diagonal)."""
+        return (self.explained_variance.clamp_min(0)[:, None] * self.components**2).sum(0).sqrt()
+
     def to_latent(self, coords: torch.Tensor) -> torch.Tensor:
         """(..., k) coordinates in std units along the first k components -> (..., D) latents."""
         k = coords.shape[-1]

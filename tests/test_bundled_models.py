@@ -11,6 +11,7 @@ from models_core.checkpoint import CheckpointStore
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import publish_tiny
+from tests.faces import assert_shows_faces, face_likeness
 from tests.test_deployment import BUNDLED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +61,24 @@ def test_a_newly_trained_version_wins_over_the_bundled_one(tmp_path):
     with TestClient(create_app(Settings(checkpoint_root=root, _env_file=None))) as client:
         assert client.get("/models").json()["models"][0]["served_version"] == 2
         assert client.get("/sample?model=gan&n=1").headers["x-model-version"] == "2"
+
+
+@pytest.fixture(scope="module")
+def bundled_client():
+    with TestClient(create_app(Settings(checkpoint_root=ROOT / "checkpoints", precision="fp32", _env_file=None))) as client:
+        yield client
+
+
+@pytest.mark.parametrize("model", BUNDLED)
+@pytest.mark.parametrize("path", ["/latent-grid?steps=8", "/pca-grid?steps=5", "/pca-point", "/interpolate"])
+def test_every_default_view_of_a_trained_model_shows_faces(bundled_client, model, path):
+    """Defaults centre sweeps on a sample, in each dimension's own spread: never z = 0's grey blob."""
+    r = bundled_client.get(f"{path}&model={model}" if "?" in path else f"{path}?model={model}")
+    assert r.status_code == 200, r.text
+    assert_shows_faces(r.content, f"{path} on {model}")
+
+
+def test_the_study_grid_around_zero_stays_reachable(bundled_client):
+    """centre=zero&units=absolute is the old grid: for an unregularised AE it is flat colour."""
+    r = bundled_client.get("/latent-grid?model=ae&steps=4&centre=zero&units=absolute")
+    assert r.status_code == 200 and face_likeness(r.content) < 0.6

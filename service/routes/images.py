@@ -40,6 +40,22 @@ async def served_model(
 
 
 ServedDep = Annotated[ServedModel, Depends(served_model)]
+CentreSeed = Annotated[int, Query(ge=0, le=2**63 - 1, description="with centre=sample: the seed of the sample at "
+                       "the centre", examples=[0])]
+Centre = Literal["sample", "mean", "zero"]
+CENTRE_DOC = ("sample (default): a sample of the model, the latent of `seed`: a typical latent, which decodes to a "
+              "face; mean: the mean of the distribution the model samples from (the fitted latent Gaussian for "
+              "AE/VAE, z = 0 for N(0, I)), which decodes to a blurry average face, or grey for a GAN; zero: z = 0. "
+              "In 100 dimensions almost all of a Gaussian's mass lies far from its mean, so the mean is not typical.")
+
+
+def centre_latent(served: ServedModel, centre: str, seed: int) -> torch.Tensor:
+    """(D,) the latent a sweep is centred on."""
+    if centre == "sample":
+        return prior_latents(served, 1, seed)[0]
+    if centre == "mean":
+        return served.checkpoint.prior_moments()[0]
+    return torch.zeros(served.latent_dim)
 
 
 def prior_latents(served: ServedModel, n: int, seed: int, temperature: float = 1.0, prior: str = "auto") -> torch.Tensor:
@@ -113,12 +129,14 @@ async def interpolate(
 @router.get("/pca-grid", responses=PNG, response_class=Response)
 async def pca_grid(
     request: Request, served: ServedDep, span: Span = 3.0, steps: GridSteps = 10,
-    pc_x: Annotated[int, Query(ge=0, description="principal direction across the columns", examples=[0])] = 0,
-    pc_y: Annotated[int, Query(ge=0, description="principal direction down the rows", examples=[1])] = 1,
-    seed: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="centre the grid on this sample's latent "
-                                      "(default: the data mean for AE/VAE, seed 0 for the GAN)")] = None,
+    pc_x: Annotated[int, Query(ge=0, description="principal direction across the columns: below the model's "
+                               "pca_components (in /models), and not pc_y", examples=[0])] = 0,
+    pc_y: Annotated[int, Query(ge=0, description="principal direction down the rows: below the model's "
+                               "pca_components (in /models), and not pc_x", examples=[1])] = 1,
+    seed: CentreSeed = 0,
+    centre: Annotated[Literal["sample", "mean"], Query(description=CENTRE_DOC)] = "sample",
 ) -> Response:
-    """Sweep two principal directions of the latent space (GANSpace directions for the GAN)."""
+    """Sweep two principal directions of the latent space (GANSpace directions for the GAN) around a centre."""
     basis = require_basis(served)
     for name, pc in (("pc_x", pc_x), ("pc_y", pc_y)):
         if pc >= basis.n_components:
@@ -126,23 +144,24 @@ async def pca_grid(
                            f"{served.name} v{served.version} has components 0..{basis.n_components - 1}")
     if pc_x == pc_y:
         raise ApiError(422, "pc_x and pc_y must differ", f"both are {pc_x}")
-    if seed is None and served.manifest.kind == "gan":
-        seed = 0  # z = 0 is an atypical GAN latent (norm 0, not ~sqrt(d)); edit around a real sample
-    params = dict(pc_x=pc_x, pc_y=pc_y, span=span, steps=steps, seed=seed)
+    params = dict(pc_x=pc_x, pc_y=pc_y, span=span, steps=steps, seed=seed, centre=centre)
 
     def latents():
         grid = basis.grid(pc_x, pc_y, span, steps).reshape(steps * steps, -1)
-        return grid if seed is None else grid - basis.mean + prior_latents(served, 1, seed)
+        return grid - basis.mean + centre_latent(served, centre, seed)
 
-    return await render(request, served, params, seed, steps, latents)
+    return await render(request, served, params, seed if centre == "sample" else None, steps, latents)
 
 
 @router.get("/pca-point", responses=PNG, response_class=Response)
 async def pca_point(
     request: Request, served: ServedDep,
     coords: Annotated[str, Query(max_length=400, pattern=r"^\s*-?[0-9.]+(\s*,\s*-?[0-9.]+)*\s*$",
-                                 description="comma-separated coordinates along the first principal directions, in standard deviations",
-                                 examples=["1.5,-0.5"])] = "0",
+                                 description="comma-separated coordinates along the first principal directions, in "
+                                 "standard deviations from the centre; at most pca_components (in /models) values, "
+                                 "each within [-10, 10]", examples=["1.5,-0.5"])] = "0",
+    seed: CentreSeed = 0,
+    centre: Annotated[Literal["sample", "mean"], Query(description=CENTRE_DOC)] = "sample",
 ) -> Response:
     """One face at the given coordinates along the first principal directions (the web page's sliders)."""
     basis = require_basis(served)
@@ -152,27 +171,48 @@ async def pca_point(
         raise ApiError(422, f"coords={coords!r} is not a list of numbers", "e.g. coords=1.5,-0.5") from None
     if len(values) > basis.n_components or any(not -10 <= v <= 10 for v in values):
         raise ApiError(422, "coords out of range", f"at most {basis.n_components} values, each within [-10, 10]")
-    params = dict(coords=",".join(repr(v) for v in values))
-    return await render(request, served, params, None, 1, lambda: basis.to_latent(torch.tensor([values])))
+    params = dict(coords=",".join(repr(v) for v in values), seed=seed, centre=centre)
+
+    def latents():
+        return basis.to_latent(torch.tensor([values])) - basis.mean + centre_latent(served, centre, seed)
+
+    return await render(request, served, params, seed if centre == "sample" else None, 1, latents)
 
 
 @router.get("/latent-grid", responses=PNG, response_class=Response)
 async def latent_grid(
-    request: Request, served: ServedDep, span: Span = 3.0, steps: GridSteps = 10,
-    dim_x: Annotated[int, Query(ge=0, description="latent dimension across the columns", examples=[0])] = 0,
-    dim_y: Annotated[int, Query(ge=0, description="latent dimension down the rows", examples=[1])] = 1,
-    seed: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="base latent from this seed (default: all zeros)")] = None,
+    request: Request, served: ServedDep,
+    span: Annotated[float, Query(gt=0, le=10, description="sweep each dimension from -span to +span around the centre: "
+                                 "in standard deviations of that dimension (units=std) or in latent units (units=absolute)",
+                                 examples=[3.0])] = 3.0,
+    steps: GridSteps = 10,
+    dim_x: Annotated[int, Query(ge=0, description="latent dimension across the columns: below the model's latent_dim "
+                                "(in /models), and not dim_y", examples=[0])] = 0,
+    dim_y: Annotated[int, Query(ge=0, description="latent dimension down the rows: below the model's latent_dim "
+                                "(in /models), and not dim_x", examples=[1])] = 1,
+    seed: CentreSeed = 0,
+    centre: Annotated[Centre, Query(description=CENTRE_DOC)] = "sample",
+    units: Annotated[Literal["std", "absolute"], Query(description="std (default): span counts standard deviations of "
+                     "each dimension (from the fitted latent Gaussian for AE/VAE, 1 under N(0, I)), so span=3 is ±3σ "
+                     "for every model; absolute: raw latent units")] = "std",
 ) -> Response:
-    """Sweep two raw latent dimensions, the others held at a base latent (the seed study's grid)."""
+    """Sweep two raw latent dimensions around a centre, the others held there (the seed study's grid).
+
+    centre=zero&units=absolute is the study's original grid: around z = 0, in raw units."""
     d = served.latent_dim
     for name, dim in (("dim_x", dim_x), ("dim_y", dim_y)):
         if dim >= d:
             raise ApiError(422, f"{name}={dim} is beyond the latent", f"{served.name} has latent dims 0..{d - 1}")
     if dim_x == dim_y:
         raise ApiError(422, "dim_x and dim_y must differ", f"both are {dim_x}")
-    params = dict(dim_x=dim_x, dim_y=dim_y, span=span, steps=steps, seed=seed)
-    base = lambda: torch.zeros(d) if seed is None else prior_latents(served, 1, seed)[0]  # noqa: E731
-    return await render(request, served, params, seed, steps, lambda: latent_sweep(base(), dim_x, dim_y, span, steps).reshape(steps * steps, -1))
+    params = dict(dim_x=dim_x, dim_y=dim_y, span=span, steps=steps, seed=seed, centre=centre, units=units)
+
+    def latents():
+        offsets = latent_sweep(torch.zeros(d), dim_x, dim_y, span, steps).reshape(steps * steps, d)
+        scale = served.checkpoint.prior_moments()[1] if units == "std" else 1.0
+        return centre_latent(served, centre, seed) + offsets * scale
+
+    return await render(request, served, params, seed if centre == "sample" else None, steps, latents)
 
 
 def require_basis(served: ServedModel):

@@ -145,6 +145,12 @@ def test_pca_coordinates_are_in_standard_deviations(anisotropic_latents):
     torch.testing.assert_close(step, basis.std[0] * basis.components[0])
 
 
+def test_dim_std_is_each_latent_dimensions_own_spread(anisotropic_latents):
+    latents, _ = anisotropic_latents
+    basis = PcaBasis.fit(latents)
+    torch.testing.assert_close(basis.dim_std, latents.double().std(0).float(), atol=1e-3, rtol=1e-3)
+
+
 def test_pca_grid_and_its_errors(anisotropic_latents):
     latents, _ = anisotropic_latents
     basis = PcaBasis.fit(latents, n_components=3)
