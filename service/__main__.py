@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
         if not torch.cuda.is_available():
             parser.exit(2, f"error: device {settings.device!r} was asked for, but this machine has no usable CUDA device\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for shutdown_grace_s, then exits.
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                timeout_graceful_shutdown=settings.shutdown_grace_s)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from PIL import Image
 from models_core.images import from_uint8
 from service.body_limit import BodyLimitMiddleware
 from service.errors import install_error_handlers
+from service.guard import RequestGuard
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.registry import ModelRegistry
 from service.responses import PngCache
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        registry = ModelRegistry(settings, on_batch=metrics.observe_batch)
+        registry = ModelRegistry(settings, on_batch=metrics.observe_batch, on_drop=metrics.observe_drop)
         app.state.registry = registry
         await registry.refresh()
         if not registry.latest:
@@ -60,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     # Every upload allowed at once, plus room for the multipart framing.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_files * settings.max_upload_bytes + 1024 * 1024)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees the 413s too
+    app.add_middleware(RequestGuard, timeout=settings.request_timeout_s)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees the 413s and 504s too
     app.include_router(images.router)
     app.include_router(meta.router)
 

@@ -18,12 +18,19 @@ class ServiceMetrics:
         self.batch_rows = Histogram("facegen_batch_rows", "latents decoded per forward pass", ["model"],
                                     buckets=BATCH_BUCKETS, registry=self.registry)
         self.batches = Counter("facegen_batches", "forward passes", ["model"], registry=self.registry)
+        self.rows_decoded = Counter("facegen_rows_decoded", "latents decoded", ["model"], registry=self.registry)
+        self.rows_dropped = Counter("facegen_rows_dropped", "latents dropped undecoded: their request was gone "
+                                    "(client disconnected or deadline passed)", ["model"], registry=self.registry)
         self.queue_depth = Gauge("facegen_queue_depth", "requests waiting per model", ["model"], registry=self.registry)
         self.served_version = Gauge("facegen_served_version", "version being served", ["model"], registry=self.registry)
 
     def observe_batch(self, model: str, rows: int) -> None:
         self.batch_rows.labels(model).observe(rows)
         self.batches.labels(model).inc()
+        self.rows_decoded.labels(model).inc(rows)
+
+    def observe_drop(self, model: str, rows: int) -> None:
+        self.rows_dropped.labels(model).inc(rows)
 
 
 class RequestMetricsMiddleware:
@@ -39,7 +46,7 @@ class RequestMetricsMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500
+        start, status = time.perf_counter(), None
 
         async def send_observed(message: Message) -> None:
             nonlocal status
@@ -51,6 +58,9 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_observed)
         finally:
             endpoint = getattr(scope.get("route"), "path", "unmatched")
-            model = scope.get("state", {}).get("model", "")  # set by the routes via request.state
+            state = scope.get("state", {})
+            model = state.get("model", "")  # set by the routes via request.state
+            if status is None:  # nothing was sent: the client went away (nginx's 499), or the app failed
+                status = 499 if state.get("client_gone") else 500
             self.metrics.requests.labels(endpoint, model, str(status)).inc()
             self.metrics.latency.labels(endpoint, model).observe(time.perf_counter() - start)

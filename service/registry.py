@@ -1,6 +1,7 @@
 """Models being served: loaded and verified from the checkpoint store, hot-swapped on new versions."""
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections import OrderedDict
@@ -30,6 +31,18 @@ class ServedModel:
     batcher: DecodeBatcher
     device: torch.device
     precision: Precision = Precision("fp32", "default")
+    users: int = 0  # requests holding this version now; it retires only once they are done
+
+    @contextlib.contextmanager
+    def in_use(self):
+        self.users += 1
+        try:
+            yield self
+        finally:
+            self.users -= 1
+
+    async def retire(self, grace: float = 30.0) -> None:
+        await self.batcher.retire(in_use=lambda: self.users > 0, grace=grace)
 
     @property
     def manifest(self):
@@ -57,7 +70,7 @@ class ServedModel:
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings, on_batch=lambda name, n: None):
+    def __init__(self, settings: Settings, on_batch=lambda name, n: None, on_drop=lambda name, n: None):
         self.settings = settings
         self.store = CheckpointStore(settings.checkpoint_root)
         self.device = torch.device(settings.device)
@@ -65,7 +78,8 @@ class ModelRegistry:
         self.latest: dict[str, ServedModel] = {}
         self.older: OrderedDict[tuple[str, int], ServedModel] = OrderedDict()
         self.refused: set[tuple[str, int]] = set()  # versions that failed verification
-        self.on_batch = on_batch
+        self.on_batch, self.on_drop = on_batch, on_drop
+        self.retiring: set[asyncio.Task] = set()
         self.lock = asyncio.Lock()
         self.precision = choose_precision(settings.precision, self.device)
         self.autocast = self.precision.autocast(self.device)
@@ -85,7 +99,7 @@ class ModelRegistry:
             forward = await asyncio.to_thread(compile_decoder, ckpt.model, self.device, self.autocast, f"{name} v{version}")
         decode = functools.partial(run_inference, forward, device=self.device, autocast=self.autocast)
         batcher = DecodeBatcher(decode, self.executor, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
-                                on_batch=lambda n: self.on_batch(name, n))
+                                on_batch=lambda n: self.on_batch(name, n), on_drop=lambda n: self.on_drop(name, n))
         return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.precision)
 
     async def refresh(self) -> None:
@@ -112,7 +126,7 @@ class ModelRegistry:
                     self.latest[name] = served
                     if current:
                         log.info("now serving %s v%d (was v%d)", name, version, current.version)
-                        asyncio.get_running_loop().create_task(current.batcher.retire())
+                        self.retire(current)
                     else:
                         log.info("serving %s v%d", name, version)
                     break
@@ -149,10 +163,18 @@ class ModelRegistry:
         self.older[key] = served
         while len(self.older) > OLD_VERSIONS_KEPT:
             _, evicted = self.older.popitem(last=False)
-            asyncio.get_running_loop().create_task(evicted.batcher.retire())
+            self.retire(evicted)
         return served
+
+    def retire(self, served: ServedModel) -> None:
+        """Retire in the background: requests holding `served` finish on it first."""
+        task = asyncio.get_running_loop().create_task(served.retire(self.settings.retire_grace_s))
+        self.retiring.add(task)
+        task.add_done_callback(self.retiring.discard)
 
     async def close(self) -> None:
         for served in [*self.latest.values(), *self.older.values()]:
-            await served.batcher.retire(grace=1.0)
+            await served.retire(grace=1.0)
+        for task in list(self.retiring):
+            task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -27,3 +27,9 @@ class Settings(BaseSettings):
     max_upload_pixels: int = Field(4096 * 4096, ge=1)
     max_files: int = Field(64, ge=1, description="most images in one /reconstruct upload")
     cache_size: int = Field(256, ge=0, description="PNG responses kept in memory")
+    request_timeout_s: float = Field(60.0, gt=0, description="server-side deadline of a request: past it the client "
+                                     "gets a JSON 504 and the request's work is dropped")
+    retire_grace_s: float = Field(30.0, ge=0, description="how long a swapped-out version keeps serving the requests "
+                                  "that already hold it; past it they get a 503 with Retry-After")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, how long in-flight requests get to finish "
+                                    "before the process exits (Docker's default stop timeout is 10 s)")

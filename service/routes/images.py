@@ -2,7 +2,7 @@
 
 import asyncio
 import math
-from typing import Annotated, Callable, Literal
+from typing import Annotated, AsyncIterator, Callable, Literal
 
 import torch
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFi
 from models_core.checkpoint import MODEL_NAME_RE, PRIORS
 from models_core.images import ImageDecodeError, decode_image
 from models_core.latent import interpolation_path, latent_sweep
-from service.batching import QueueFull
+from service.batching import QueueFull, Retired
 from service.errors import ApiError
 from service.registry import ModelRegistry, ServedModel
 from service.responses import IMMUTABLE, REVALIDATE, etag_for, grid_png, identity_headers, not_modified, png_response
@@ -30,13 +30,14 @@ async def served_model(
                                        description="model name: ae, vae, gan or any published name (default: gan if served)",
                                        examples=["gan"])] = None,
     version: Annotated[int | None, Query(ge=1, le=10**9, description="model version (default: latest)", examples=[1])] = None,
-) -> ServedModel:
+) -> AsyncIterator[ServedModel]:
     registry: ModelRegistry = request.app.state.registry
     name = model or next((n for n in ("gan", "vae", "ae") if n in registry.latest), next(iter(sorted(registry.latest)), "gan"))
     request.state.model = name
     served = await registry.get(name, version)
     request.state.pinned = version is not None
-    return served
+    with served.in_use():  # a version swapped out meanwhile keeps serving this request
+        yield served
 
 
 ServedDep = Annotated[ServedModel, Depends(served_model)]
@@ -70,6 +71,9 @@ async def decode(served: ServedModel, z: torch.Tensor) -> torch.Tensor:
         return await served.batcher.decode(z)
     except QueueFull:
         raise ApiError(503, f"model {served.name!r} is busy", "retry shortly", headers={"Retry-After": "1"}) from None
+    except Retired:
+        raise ApiError(503, f"{served.name} v{served.version} was just retired", "retry: the request will be served "
+                       "by the version now being served", headers={"Retry-After": "1"}) from None
 
 
 async def render(request: Request, served: ServedModel, params: dict, seed: int | None, nrow: int,

@@ -59,10 +59,10 @@ class LiveServer:
         return self.proc.communicate(timeout=30)[0]
 
 
-def start_server(root: Path) -> LiveServer:
+def start_server(root: Path, env: dict[str, str] | None = None) -> LiveServer:
     """`python -m service` serving `root` in a subprocess on a free loopback port, ready to answer."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FACEGEN_CHECKPOINT_ROOT": str(root)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FACEGEN_CHECKPOINT_ROOT": str(root), **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     server = LiveServer(f"http://127.0.0.1:{port}", proc)

@@ -1,0 +1,183 @@
+"""No request is lost or left hanging: retirement, deadlines, disconnects, hot swaps and SIGTERM."""
+
+import asyncio
+import io
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+
+from service.app import create_app
+from service.batching import DecodeBatcher, Retired
+from tests.conftest import publish_tiny
+from tests.service.conftest import make_settings, start_server
+from tests.service.test_runtime import metric, with_app
+
+HANG = 5.0  # a future still pending after this long is a request that would hang forever
+
+
+def batcher(forward=lambda z: z, **kwargs) -> DecodeBatcher:
+    return DecodeBatcher(forward, ThreadPoolExecutor(1), **{"max_batch": 64, "max_wait": 0.0, "queue_size": 8, **kwargs})
+
+
+def test_rows_taken_while_collecting_a_batch_are_answered_when_retired():
+    """The worker holds a row during its max_wait window; retiring then must not drop it."""
+    async def body():
+        b = batcher(max_wait=0.3)
+        request = asyncio.ensure_future(b.decode(torch.ones(1, 2)))
+        await asyncio.sleep(0.05)  # the worker took the row and waits for company
+        await b.retire(grace=HANG)
+        return await asyncio.wait_for(request, HANG)
+
+    assert asyncio.run(body()).sum().item() == 2
+
+
+def test_rows_still_held_past_the_grace_fail_with_retired_not_silence():
+    async def body():
+        b = batcher(forward=lambda z: (time.sleep(0.5), z)[1])
+        request = asyncio.ensure_future(b.decode(torch.ones(1, 2)))
+        queued = asyncio.ensure_future(b.decode(torch.ones(1, 2)))
+        await asyncio.sleep(0.05)  # the first is in the forward pass, the second queued behind it
+        await b.retire(grace=0.1)
+        return await asyncio.wait_for(asyncio.gather(request, queued, return_exceptions=True), HANG)
+
+    results = asyncio.run(body())
+    assert all(isinstance(r, Retired) for r in results), results
+
+
+def test_decode_after_retirement_is_refused_at_once():
+    async def body():
+        b = batcher()
+        await b.retire()
+        with pytest.raises(Retired):
+            await asyncio.wait_for(b.decode(torch.ones(1, 2)), HANG)
+
+    asyncio.run(body())
+
+
+def test_retirement_waits_for_the_requests_holding_the_version():
+    async def body():
+        b = batcher()
+        holders = 1
+        retiring = asyncio.ensure_future(b.retire(in_use=lambda: holders > 0, grace=HANG))
+        await asyncio.sleep(0.1)
+        assert not retiring.done()
+        holders = 0
+        await asyncio.wait_for(retiring, HANG)
+
+    asyncio.run(body())
+
+
+def test_rows_of_a_cancelled_request_are_dropped_before_the_forward_pass():
+    seen, dropped = [], []
+
+    async def body():
+        b = batcher(forward=lambda z: (seen.append(len(z)), z)[1], max_wait=0.2, on_drop=dropped.append)
+        keep = asyncio.ensure_future(b.decode(torch.ones(3, 2)))
+        gone = asyncio.ensure_future(b.decode(torch.ones(5, 2)))
+        await asyncio.sleep(0.05)
+        gone.cancel()  # the client disconnected while the batch was being collected
+        await asyncio.wait_for(keep, HANG)
+        await b.retire()
+
+    asyncio.run(body())
+    assert seen == [3] and dropped == [5]
+
+
+def test_a_request_past_its_deadline_gets_a_json_504(served_store):
+    app = create_app(make_settings(served_store, request_timeout_s=0.3, cache_size=0))
+
+    async def body(client):
+        served = app.state.registry.latest["gan"]
+        fast = served.batcher.forward
+        served.batcher.forward = lambda z: (time.sleep(1.0), fast(z))[1]
+        return await client.get("/sample?model=gan&n=1"), await client.get("/metrics")
+
+    r, metrics = asyncio.run(with_app(app, body))
+    assert r.status_code == 504 and r.headers["content-type"] == "application/json"
+    assert "deadline" in r.json()["detail"]
+    assert metric(metrics.text, 'facegen_requests_total{endpoint="/sample",model="gan",status="504"}') == 1
+
+
+def face_png(seed: int) -> bytes:
+    g = torch.Generator().manual_seed(seed)
+    pixels = (torch.rand(48, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_hot_swapping_ten_versions_under_load_loses_nothing(served_store):
+    """8 clients run /sample and POST /reconstruct on `ae` while 10 new versions are published."""
+    server = start_server(served_store.root, env={"FACEGEN_POLL_SECONDS": "0.1", "FACEGEN_MAX_WAIT_MS": "20"})
+    stop = threading.Event()
+    statuses: list[int] = []
+    errors: list[str] = []
+    versions: set[str] = set()
+
+    def client(i: int):
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            k = 0
+            while not stop.is_set():
+                k += 1
+                try:
+                    if (i + k) % 2:
+                        r = c.get("/sample", params={"model": "ae", "n": 1 + k % 8, "seed": 1000 * i + k})
+                    else:
+                        r = c.post("/reconstruct", params={"model": "ae"}, files=[("files", ("f.png", face_png(k), "image/png"))])
+                except httpx.HTTPError as e:  # no answer within 30 s, or the connection broke
+                    errors.append(repr(e))
+                    continue
+                statuses.append(r.status_code)
+                if r.status_code != 200:
+                    errors.append(r.text)
+                versions.add(r.headers.get("x-model-version"))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for seed in range(1, 11):
+            time.sleep(0.3)
+            publish_tiny(served_store, "ae", seed=seed)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        output = server.stop()
+    assert not [t for t in threads if t.is_alive()], "a client is still waiting for an answer"
+    assert not errors, errors[:5]
+    assert len(statuses) > 100 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert len(versions) >= 5, versions  # the swaps really happened under the load
+    assert "Traceback" not in output
+
+
+def test_sigterm_stops_the_server_within_its_grace_answering_what_is_in_flight(served_store):
+    server = start_server(served_store.root, env={"FACEGEN_SHUTDOWN_GRACE_S": "2"})
+    answers: list = []
+
+    def client(i):
+        try:
+            answers.append(httpx.get(f"{server.url}/sample", params={"model": "vae", "n": 64, "seed": i}, timeout=30).status_code)
+        except httpx.HTTPError as e:  # refused after the listener closed: fine, never a hang
+            answers.append(type(e).__name__)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=20)
+    took = time.monotonic() - t0
+    for t in threads:
+        t.join(timeout=30)
+    assert took < 2 + 5, f"the server took {took:.1f} s to exit after SIGTERM"
+    assert len(answers) == 16 and all(a in (200, 503) or isinstance(a, str) for a in answers), answers
+    assert 500 not in answers
