@@ -342,6 +342,9 @@ class CheckpointStore:
             raise CheckpointError(f"{vdir / WEIGHTS_FILE}: does not match the network in the manifest: {problem}")
         model.load_state_dict(weights)
         extras = read_tensors(vdir / EXTRAS_FILE) if EXTRAS_FILE in manifest.files else {}
+        problem = pca_mismatch(extras, model.latent_dim)
+        if problem:
+            raise CheckpointError(f"{vdir / EXTRAS_FILE}: the PCA basis does not fit the network: {problem}")
         return Checkpoint(manifest, model.to(device).eval(), extras, vdir)
 
     def copy_from(self, source: "CheckpointStore", name: str, version: int | None = None,
@@ -381,6 +384,25 @@ def state_mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> str | 
         return None
     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
     return "; ".join(problems[:3]) + more
+
+
+def pca_mismatch(extras: dict[str, torch.Tensor], latent_dim: int) -> str | None:
+    """What is wrong with a stored PCA basis for a latent of `latent_dim`, or None (also when there is none)."""
+    if not any(k.startswith("pca.") for k in extras):
+        return None
+    try:
+        basis = PcaBasis.from_tensors(extras)
+    except KeyError as e:
+        return str(e.args[0])
+    k = basis.components.shape[0] if basis.components.ndim == 2 else -1
+    expected = {"mean": (latent_dim,), "components": (k, latent_dim), "explained_variance": (k,), "explained_variance_ratio": (k,)}
+    for field, shape in expected.items():
+        actual = tuple(getattr(basis, field).shape)
+        if actual != shape or k < 1:
+            return f"pca.{field} has shape {actual}, expected {shape} for latent_dim {latent_dim}"
+    if not all(torch.isfinite(getattr(basis, f)).all() for f in expected):
+        return "it holds non-finite values"
+    return None
 
 
 def verify_file(vdir: Path, file_name: str, expected_sha256: str) -> None:

@@ -69,8 +69,11 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
 def decode_image(
     data: bytes, size: int = 64, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS
 ) -> torch.Tensor:
-    """Untrusted image bytes (PNG, JPEG, WebP, ...) -> (3, size, size) model input in [-1, 1]."""
+    """Untrusted image bytes (PNG, JPEG or WebP) -> (3, size, size) model input in [-1, 1]."""
     return pil_to_tensor(center_crop_resize(open_image(data, max_bytes, max_pixels), size))
+
+
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")  # only these decoders ever see untrusted bytes
 
 
 def open_image(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS) -> Image.Image:
@@ -85,7 +88,7 @@ def open_image(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int =
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))  # reads the header only
+            image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)  # reads the header only
             w, h = image.size
             if w * h > max_pixels:
                 raise ImageDecodeError(f"the image is {w}×{h} pixels; the limit is {max_pixels:,} pixels")
@@ -96,7 +99,7 @@ def open_image(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int =
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"the image is too large to decode safely: {e}") from None
     except Image.UnidentifiedImageError:
-        raise ImageDecodeError("the file is not an image in a format this server reads (PNG, JPEG, WebP, ...)") from None
+        raise ImageDecodeError("the file is not an image this server reads: send PNG, JPEG or WebP") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"the image is truncated or corrupt: {e}") from None
 

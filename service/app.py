@@ -36,6 +36,16 @@ def bundled_faces() -> torch.Tensor:
     return from_uint8(torch.from_numpy(np.ascontiguousarray(faces)))
 
 
+MULTIPART_FRAMING = 64 * 1024  # boundaries and part headers around the files themselves
+
+
+def body_limits(settings: Settings) -> dict[tuple[str, str], int]:
+    """What each upload route can legitimately receive: its files at their largest, plus framing."""
+    upload = settings.max_upload_bytes
+    return {("POST", "/reconstruct"): settings.max_files * upload + MULTIPART_FRAMING,
+            ("POST", "/interpolate"): 2 * upload + MULTIPART_FRAMING}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = ServiceMetrics()
@@ -56,11 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="facegen", description=DESCRIPTION, version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.metrics = settings, metrics
-    app.state.cache = PngCache(settings.cache_size)
+    app.state.cache = PngCache(int(settings.cache_mb * 2**20))
     app.state.faces = bundled_faces()
     install_error_handlers(app)
-    # Every upload allowed at once, plus room for the multipart framing.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_files * settings.max_upload_bytes + 1024 * 1024)
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     app.add_middleware(RequestGuard, timeout=settings.request_timeout_s)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees the 413s and 504s too
     app.include_router(images.router)

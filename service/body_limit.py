@@ -1,4 +1,4 @@
-"""Refuse request bodies over a byte limit before the multipart parser spools them to disk."""
+"""Refuse request bodies over their route's limit before the multipart parser spools them to disk."""
 
 import json
 
@@ -10,17 +10,19 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    """413 for a declared Content-Length over `limit`; a body that streams past it is cut off."""
+    """413 for a declared Content-Length over the route's limit; a body that streams past it is
+    cut off. `limits` maps (method, path) to bytes; every other route takes no body at all."""
 
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limits: dict[tuple[str, str], int]):
+        self.app, self.limits = app, limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limits.get((scope["method"], scope["path"]), 0)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self.reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self.reject(send, limit)
 
         seen = 0
         started = rejected = False
@@ -30,11 +32,11 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit and not rejected:
+                if seen > limit and not rejected:
                     # Answer now: FastAPI turns any error while parsing a body into its own 400.
                     rejected = True
                     if not started:
-                        await self.reject(send)
+                        await self.reject(send, limit)
                     raise BodyTooLarge
             return message
 
@@ -50,8 +52,9 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             pass
 
-    async def reject(self, send: Send) -> None:
-        body = json.dumps({"error": "request body too large", "detail": f"the limit is {self.limit:,} bytes"}).encode()
+    async def reject(self, send: Send, limit: int) -> None:
+        detail = f"this route takes at most {limit:,} bytes" if limit else "this route takes no request body"
+        body = json.dumps({"error": "request body too large", "detail": detail}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

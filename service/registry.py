@@ -20,8 +20,6 @@ from service.settings import Settings
 
 log = logging.getLogger("facegen.service")
 
-OLD_VERSIONS_KEPT = 4  # explicitly requested non-latest versions held in memory (LRU)
-
 
 @dataclass
 class ServedModel:
@@ -64,20 +62,32 @@ class ServedModel:
     def basis(self) -> PcaBasis | None:
         return self.checkpoint.pca
 
+    @property
+    def nbytes(self) -> int:
+        """Memory the version's weights and extras take."""
+        tensors = [*self.net.parameters(), *self.net.buffers(), *self.checkpoint.extras.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Blocking; call from the executor."""
         return run_inference(self.net.embed, x, self.device, self.precision.autocast(self.device))
 
 
 class ModelRegistry:
+    """The versions in memory: the latest of every model, plus an LRU of explicitly requested
+    older ones bounded by count and by bytes. Loading (sha256, read, build, compile) runs on a
+    loader thread, never on the inference thread, one load per version however many ask."""
+
     def __init__(self, settings: Settings, on_batch=lambda name, n: None, on_drop=lambda name, n: None):
         self.settings = settings
         self.store = CheckpointStore(settings.checkpoint_root)
         self.device = torch.device(settings.device)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
         self.latest: dict[str, ServedModel] = {}
         self.older: OrderedDict[tuple[str, int], ServedModel] = OrderedDict()
-        self.refused: set[tuple[str, int]] = set()  # versions that failed verification
+        self.loading: dict[tuple[str, int], asyncio.Future] = {}
+        self.refused: set[tuple[str, int]] = set()  # versions that failed to load
         self.on_batch, self.on_drop = on_batch, on_drop
         self.retiring: set[asyncio.Task] = set()
         self.lock = asyncio.Lock()
@@ -89,27 +99,51 @@ class ModelRegistry:
         names = self.settings.models if self.settings.models is not None else self.store.models()
         return [n for n in names if MODEL_NAME_RE.match(n)]
 
+    def served_names(self) -> set[str]:
+        return set(self.latest)
+
+    async def load(self, name: str, version: int) -> ServedModel:
+        """Load a version once, however many requests ask for it at the same time. Any failure
+        refuses the version (one log line) and raises CheckpointError."""
+        key = (name, version)
+        if key not in self.loading:
+            self.loading[key] = asyncio.ensure_future(self._load(name, version))
+            self.loading[key].add_done_callback(lambda _: self.loading.pop(key, None))
+        try:
+            return await asyncio.shield(self.loading[key])
+        except CheckpointError:
+            raise
+        except Exception as e:  # an unreadable file, a malformed config: refuse this version, serve the rest
+            self.refused.add(key)
+            raise CheckpointError(f"{type(e).__name__}: {e}") from None
+
     async def _load(self, name: str, version: int) -> ServedModel:
         loop = asyncio.get_running_loop()
-        ckpt = await loop.run_in_executor(self.executor, self.store.load, name, version, self.device)
+        try:
+            ckpt = await loop.run_in_executor(self.loader, self.store.load, name, version, self.device)
+        except Exception as e:
+            self.refused.add((name, version))
+            log.error("refusing %s v%d: %s", name, version, e)
+            raise
         s = self.settings
         forward = ckpt.model.decode
         if s.compile:
             # Off the inference thread: the models being served keep answering while this one compiles.
-            forward = await asyncio.to_thread(compile_decoder, ckpt.model, self.device, self.autocast, f"{name} v{version}")
+            forward = await loop.run_in_executor(self.loader, compile_decoder, ckpt.model, self.device, self.autocast,
+                                                 f"{name} v{version}")
         decode = functools.partial(run_inference, forward, device=self.device, autocast=self.autocast)
         batcher = DecodeBatcher(decode, self.executor, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
                                 on_batch=lambda n: self.on_batch(name, n), on_drop=lambda n: self.on_drop(name, n))
         return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.precision)
 
     async def refresh(self) -> None:
-        """Serve the newest version of every model; a version that fails verification is refused
-        (once, with a log line) and the one already serving stays."""
+        """Serve the newest loadable version of every model. A version that fails to load is
+        refused (once, with a log line); the one already serving stays, and the other models go on."""
         async with self.lock:
             for name in self.names():
                 try:
                     versions = self.store.versions(name)
-                except CheckpointError:
+                except (CheckpointError, OSError):
                     continue
                 current = self.latest.get(name)
                 for version in reversed(versions):
@@ -118,10 +152,8 @@ class ModelRegistry:
                     if (name, version) in self.refused:
                         continue
                     try:
-                        served = await self._load(name, version)
-                    except CheckpointError as e:
-                        self.refused.add((name, version))
-                        log.error("refusing %s v%d: %s", name, version, e)
+                        served = await self.load(name, version)
+                    except CheckpointError:
                         continue
                     self.latest[name] = served
                     if current:
@@ -150,21 +182,28 @@ class ModelRegistry:
             self.older.move_to_end(key)
             return self.older[key]
         if key in self.refused:
-            raise ApiError(404, f"model {name!r} version {version} failed verification and is not served")
+            raise ApiError(404, f"model {name!r} version {version} failed to load and is not served")
         if version not in self.store.versions(name):
             available = [v for v in self.store.versions(name) if (name, v) not in self.refused]
             raise ApiError(404, f"model {name!r} has no version {version}", f"available versions: {available}")
         try:
-            served = await self._load(name, version)
-        except CheckpointError as e:
-            self.refused.add(key)
-            log.error("refusing %s v%d: %s", name, version, e)
-            raise ApiError(404, f"model {name!r} version {version} failed verification and is not served") from None
-        self.older[key] = served
-        while len(self.older) > OLD_VERSIONS_KEPT:
+            served = await self.load(name, version)
+        except CheckpointError:
+            raise ApiError(404, f"model {name!r} version {version} failed to load and is not served") from None
+        if key not in self.older:  # two requests may have awaited the same load
+            self.older[key] = served
+            self.evict()
+        return self.older.get(key, served)
+
+    def evict(self) -> None:
+        """Drop the least recently used older versions past the count or byte bound."""
+        s = self.settings
+        while self.older and (len(self.older) > s.max_old_versions or self.older_bytes() > s.max_old_versions_mb * 2**20):
             _, evicted = self.older.popitem(last=False)
             self.retire(evicted)
-        return served
+
+    def older_bytes(self) -> int:
+        return sum(served.nbytes for served in self.older.values())
 
     def retire(self, served: ServedModel) -> None:
         """Retire in the background: requests holding `served` finish on it first."""
@@ -178,3 +217,4 @@ class ModelRegistry:
         for task in list(self.retiring):
             task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.loader.shutdown(wait=False, cancel_futures=True)

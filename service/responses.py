@@ -14,8 +14,10 @@ REVALIDATE = "public, max-age=0, must-revalidate"  # "latest" may move on to a n
 
 
 class PngCache:
-    def __init__(self, size: int):
-        self.size, self.items = size, OrderedDict()
+    """Encoded PNGs by ETag, least recently used out first, bounded by their total bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes, self.items = max_bytes, 0, OrderedDict()
 
     def get(self, key: str) -> bytes | None:
         if key in self.items:
@@ -24,10 +26,12 @@ class PngCache:
         return None
 
     def put(self, key: str, data: bytes) -> None:
-        if self.size:
-            self.items[key] = data
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
+        if len(data) > self.max_bytes or key in self.items:
+            return
+        self.items[key] = data
+        self.bytes += len(data)
+        while self.bytes > self.max_bytes:
+            self.bytes -= len(self.items.popitem(last=False)[1])
 
 
 def etag_for(endpoint: str, model: str, version: int, precision: str, params: dict) -> str:

@@ -26,7 +26,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_upload_pixels: int = Field(4096 * 4096, ge=1)
     max_files: int = Field(64, ge=1, description="most images in one /reconstruct upload")
-    cache_size: int = Field(256, ge=0, description="PNG responses kept in memory")
+    cache_mb: float = Field(64, ge=0, description="memory for cached PNG responses, in MiB (0: no cache)")
+    max_old_versions: int = Field(4, ge=0, description="explicitly requested older versions held in memory (LRU), "
+                                  "besides the latest of each model")
+    max_old_versions_mb: float = Field(512, ge=0, description="bound on the memory those older versions take, in MiB")
     request_timeout_s: float = Field(60.0, gt=0, description="server-side deadline of a request: past it the client "
                                      "gets a JSON 504 and the request's work is dropped")
     retire_grace_s: float = Field(30.0, ge=0, description="how long a swapped-out version keeps serving the requests "

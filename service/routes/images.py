@@ -33,8 +33,8 @@ async def served_model(
 ) -> AsyncIterator[ServedModel]:
     registry: ModelRegistry = request.app.state.registry
     name = model or next((n for n in ("gan", "vae", "ae") if n in registry.latest), next(iter(sorted(registry.latest)), "gan"))
-    request.state.model = name
     served = await registry.get(name, version)
+    request.state.model = name  # only now: a metric label never comes from an unknown name
     request.state.pinned = version is not None
     with served.in_use():  # a version swapped out meanwhile keeps serving this request
         yield served

@@ -59,7 +59,7 @@ def test_decode_honours_exif_orientation():
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA", "I;16", "CMYK"])
 def test_decode_accepts_common_modes(mode):
     image = Image.new("RGB", (30, 30), (200, 30, 30)).convert(mode)
-    x = decode_image(png_bytes(image, fmt="TIFF" if mode == "CMYK" else "PNG"), size=16)
+    x = decode_image(png_bytes(image, fmt="JPEG" if mode == "CMYK" else "PNG"), size=16)
     assert x.shape == (3, 16, 16)
 
 
@@ -76,6 +76,13 @@ def test_transparent_pixels_become_white():
 def test_decode_rejects_non_images(data, message):
     with pytest.raises(ImageDecodeError, match=message):
         decode_image(data)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "BMP", "GIF", "ICO"])
+def test_only_png_jpeg_and_webp_decoders_see_uploads(fmt):
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    with pytest.raises(ImageDecodeError, match="send PNG, JPEG or WebP"):
+        decode_image(png_bytes(image, fmt=fmt))
 
 
 def test_decode_rejects_truncated_images():

@@ -84,7 +84,7 @@ def test_same_request_is_identical_without_the_cache(served_store):
 
     bodies = []
     for _ in range(2):
-        with TestClient(create_app(make_settings(served_store, cache_size=0))) as c:
+        with TestClient(create_app(make_settings(served_store, cache_mb=0))) as c:
             bodies.append(c.get("/interpolate?model=gan&rows=2&seed_a=3").content)
     assert bodies[0] == bodies[1]
 
@@ -170,7 +170,7 @@ def test_upload_limits(served_store):
     from service.app import create_app
 
     with TestClient(create_app(make_settings(served_store, max_upload_bytes=2000, max_files=2, max_upload_pixels=100 * 100))) as c:
-        big = image_bytes(size=(300, 300), fmt="BMP")
+        big = image_bytes(size=(40, 40), fmt="BMP")  # 4.9 kB: within the route's body limit, over the file limit
         r = c.post("/reconstruct?model=vae", files=[("files", ("big.bmp", big, "image/bmp"))])
         assert r.status_code == 413 and "the limit is 2,000 bytes" in r.json()["detail"]
         wide = image_bytes(size=(200, 200))
@@ -229,7 +229,9 @@ def test_oversized_bodies_are_refused_before_they_are_read(served_store):
 
     from service.app import create_app
 
-    limit = 2 * 2000 + 1024 * 1024  # max_files × max_upload_bytes + framing allowance
+    from service.app import MULTIPART_FRAMING
+
+    limit = 2 * 2000 + MULTIPART_FRAMING  # max_files × max_upload_bytes + framing allowance
     with TestClient(create_app(make_settings(served_store, max_upload_bytes=2000, max_files=2))) as c:
         big = b"x" * (limit + 1)
         r = c.post("/reconstruct?model=vae", files=[("files", ("huge.png", big, "image/png"))])
@@ -243,3 +245,21 @@ def test_oversized_bodies_are_refused_before_they_are_read(served_store):
         r = c.post("/reconstruct?model=vae", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
         assert r.status_code == 413
         assert c.get("/sample?model=vae&n=1").status_code == 200  # and the server carries on
+
+    # Each route takes what it accepts: two files for POST /interpolate, no body elsewhere.
+    with TestClient(create_app(make_settings(served_store, max_upload_bytes=2000, max_files=8))) as c:
+        body = b"z" * (2 * 2000 + MULTIPART_FRAMING + 1)  # over two files' worth, under eight
+        multipart = {"content-type": "multipart/form-data; boundary=x"}
+        r = c.post("/interpolate?model=vae", content=body, headers=multipart)
+        assert r.status_code == 413 and f"at most {2 * 2000 + MULTIPART_FRAMING:,} bytes" in r.json()["detail"]
+        assert c.post("/reconstruct?model=vae", content=body, headers=multipart).status_code != 413
+        r = c.request("GET", "/sample?model=vae&n=1", content=b"x" * 10)
+        assert r.status_code == 413 and r.json()["detail"] == "this route takes no request body"
+
+
+def test_metric_labels_come_only_from_served_models(client):
+    for name in ("nosuchmodel", "another-one"):
+        assert client.get(f"/sample?model={name}").status_code == 404
+    text = client.get("/metrics").text
+    assert "nosuchmodel" not in text and "another-one" not in text
+    assert 'facegen_requests_total{endpoint="/sample",model="",status="404"} 2.0' in text

@@ -90,7 +90,7 @@ def test_rows_of_a_cancelled_request_are_dropped_before_the_forward_pass():
 
 
 def test_a_request_past_its_deadline_gets_a_json_504(served_store):
-    app = create_app(make_settings(served_store, request_timeout_s=0.3, cache_size=0))
+    app = create_app(make_settings(served_store, request_timeout_s=0.3, cache_mb=0))
 
     async def body(client):
         served = app.state.registry.latest["gan"]
@@ -181,3 +181,75 @@ def test_sigterm_stops_the_server_within_its_grace_answering_what_is_in_flight(s
     assert took < 2 + 5, f"the server took {took:.1f} s to exit after SIGTERM"
     assert len(answers) == 16 and all(a in (200, 503) or isinstance(a, str) for a in answers), answers
     assert 500 not in answers
+
+
+def publish_with_bad_basis(store, name: str) -> int:
+    """A version whose PCA basis is one dimension too wide for its network."""
+    from models_core.latent import PcaBasis
+    from models_core.registry import MODEL_KINDS, build_model
+
+    config = MODEL_KINDS["vae"].presets["tiny"]
+    basis = PcaBasis.fit(torch.randn(64, config.latent_dim + 1))
+    return store.publish(name, "vae", config, build_model("vae", config).state_dict(), step=1, extras=basis.to_tensors())
+
+
+def test_a_broken_version_is_refused_at_load_and_hurts_no_other_model(served_store, caplog):
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    caplog.set_level(logging.ERROR, logger="facegen.service")
+    publish_with_bad_basis(served_store, "broken")  # its only version: startup must still succeed
+    publish_with_bad_basis(served_store, "vae")  # vae v2: v1 must keep serving
+    with TestClient(create_app(make_settings(served_store))) as client:
+        models = {m["name"]: m["served_version"] for m in client.get("/models").json()["models"]}
+        assert models.get("vae") == 1 and "broken" not in models and models.get("gan") == 1
+        refusals = [r.getMessage() for r in caplog.records if "refusing" in r.getMessage()]
+        assert len(refusals) == 2 and all("PCA basis does not fit" in m for m in refusals), refusals
+        assert client.get("/sample?model=vae&n=2").status_code == 200
+        r = client.get("/sample?model=vae&version=2")
+        assert r.status_code == 404 and "failed to load" in r.json()["error"]
+        publish_tiny(served_store, "vae", seed=3)  # v3, good: hot reload goes on past the broken v2
+        from tests.conftest import wait_until
+        assert wait_until(lambda: client.get("/sample?model=vae&n=1").headers["x-model-version"] == "3")
+
+
+def test_pinned_versions_load_once_off_the_inference_thread_and_stay_bounded(served_store):
+    for seed in range(1, 6):
+        publish_tiny(served_store, "gan", seed=seed)  # gan v2..v6
+    app = create_app(make_settings(served_store, max_old_versions=2, cache_mb=0))
+    loads: list[tuple[str, int, str]] = []
+
+    async def body(client):
+        registry = app.state.registry
+        real_load = registry.store.load
+
+        def load(name, version, device):
+            loads.append((name, version, threading.current_thread().name))
+            time.sleep(0.1)  # a slow disk: the concurrent requests below overlap this load
+            return real_load(name, version, device)
+
+        registry.store.load = load
+        same = await asyncio.gather(*(client.get(f"/sample?model=gan&n=1&version=2&seed={s}") for s in range(8)))
+        for v in (3, 4, 5, 2):  # cycle through old versions; the LRU holds 2
+            assert (await client.get(f"/sample?model=gan&n=1&version={v}")).status_code == 200
+        return same, sorted(registry.older), registry
+
+    same, held, registry = asyncio.run(with_app(app, body))
+    assert all(r.status_code == 200 for r in same)
+    assert [v for _, v, _ in loads].count(2) == 2  # once for the 8 concurrent requests, once after eviction
+    assert all(thread.startswith("loader") for _, _, thread in loads), loads
+    assert held == [("gan", 2), ("gan", 5)]
+
+
+def test_old_versions_are_bounded_by_bytes_too(served_store):
+    for seed in range(1, 4):
+        publish_tiny(served_store, "gan", seed=seed)
+    app = create_app(make_settings(served_store, max_old_versions=10, max_old_versions_mb=0))
+
+    async def body(client):
+        for v in (2, 3):
+            assert (await client.get(f"/sample?model=gan&n=1&version={v}")).status_code == 200
+        return dict(app.state.registry.older)
+
+    assert asyncio.run(with_app(app, body)) == {}  # each was served, then evicted by the 0 MiB bound

@@ -32,7 +32,7 @@ def metric(text: str, name: str) -> float:
 
 
 def test_concurrent_requests_are_batched_and_identical_to_single_ones(served_store):
-    app = create_app(make_settings(served_store, max_wait_ms=50, cache_size=0))
+    app = create_app(make_settings(served_store, max_wait_ms=50, cache_mb=0))
 
     async def body(client):
         single = (await client.get("/sample?model=vae&n=1&seed=5")).content
@@ -70,7 +70,7 @@ def test_batcher_bounds_its_queue():
 
 
 def test_full_queue_answers_503_with_retry_after(served_store):
-    app = create_app(make_settings(served_store, queue_size=1, max_wait_ms=0, cache_size=0))
+    app = create_app(make_settings(served_store, queue_size=1, max_wait_ms=0, cache_mb=0))
 
     async def body(client):
         served = app.state.registry.latest["gan"]
@@ -110,7 +110,7 @@ def test_new_versions_are_picked_up_and_corrupt_ones_refused(served_store, tmp_p
         assert "checksum mismatch" in caplog.text
         assert client.get("/sample?model=gan&n=4").headers["x-model-version"] == "2"
         r = client.get("/sample?model=gan&n=4&version=3")
-        assert r.status_code == 404 and "failed verification" in r.json()["error"]
+        assert r.status_code == 404 and "failed to load" in r.json()["error"]
         models = {m["name"]: m for m in client.get("/models").json()["models"]}
         assert models["gan"]["served_version"] == 2
 
