@@ -70,3 +70,13 @@ def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def all_gather_tensor(t: torch.Tensor, d: Dist, device: torch.device) -> list[torch.Tensor]:
+    """[rank 0's t, rank 1's t, ...] on every rank, on the CPU (t has the same shape on every rank)."""
+    if not d.enabled:
+        return [t.cpu()]
+    t = t.to(device)  # NCCL gathers only device tensors
+    out = [torch.empty_like(t) for _ in range(d.world)]
+    dist.all_gather(out, t)
+    return [o.cpu() for o in out]

@@ -15,7 +15,7 @@ from models_core.precision import choose_precision
 from trainer.bases import ganspace_basis, latent_pca
 from trainer.config import TrainConfig
 from trainer.data import FaceBatches, PackedFaces
-from trainer.distributed import Dist, any_rank, init_distributed, shutdown
+from trainer.distributed import Dist, all_gather_tensor, any_rank, init_distributed, shutdown
 from trainer.ema import EMA
 from trainer.log import RunLog
 from trainer.runs import create_run_dir, write_config
@@ -68,170 +68,223 @@ def pick_device(name: str, d: Dist) -> torch.device:
 def train(cfg: TrainConfig, resume_dir: Path | None = None) -> TrainResult:
     d = init_distributed("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
-        return _train(cfg, resume_dir, d)
+        return Trainer(cfg, d).run(resume_dir)
     finally:
         shutdown(d)
 
 
-def _train(cfg: TrainConfig, resume_dir: Path | None, d: Dist) -> TrainResult:
-    device = pick_device(cfg.device, d)
-    torch.manual_seed(cfg.seed + d.rank)  # distinct noise per rank; weights are broadcast from rank 0
-    data = PackedFaces.open(cfg.data)
-    batches = FaceBatches(data.tensor("train", device), cfg.batch_size, cfg.seed, cfg.flip, d.rank, d.world)
-    held_out = data.tensor(data.held_out(), "cpu", limit=cfg.pca_samples)
-    precision = choose_precision(cfg.precision, device)
-    task = make_task(cfg, device, precision.autocast(device), d)
-    ema = EMA(task.inference_net, cfg.ema_decay) if cfg.ema else None
-    store = CheckpointStore(cfg.checkpoints)
-    fixed_z = sample_prior(64, task.inference_net.latent_dim, torch.Generator().manual_seed(cfg.seed)).to(device)
+class MetricWindow:
+    """Sums of the step metrics since the last log line, reduced to means when it is written."""
 
-    step = epoch = batch = 0
-    published: list[int] = []
-    if resume_dir is not None:
-        run_dir = resume_dir
-        state = load_training_state(resume_dir / STATE_FILE)
-        if state["data_fingerprint"] != data.fingerprint:
-            raise TrainingError(f"{cfg.data} is not the dataset run {resume_dir} was trained on (fingerprint differs)")
-        for key, module in task.modules().items():
-            module.load_state_dict(state["modules"][key])
-        for key, opt in task.optimizers().items():
-            opt.load_state_dict(state["optimizers"][key])
-        if ema:
-            ema.load_state_dict(state["ema"])
-        step, epoch, batch, published = state["step"], state["epoch"], state["batch"], list(state["published"])
+    def __init__(self, device: torch.device, step: int):
+        self.device, self.last_good_step = device, step
+        self.reset(step)
+
+    def reset(self, step: int) -> None:
+        self.sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        self.steps, self.t0, self.last_good_step = 0, time.perf_counter(), step
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        self.steps += 1
+        for k, v in metrics.items():
+            self.sums[k] += v.float()
+
+    def means(self) -> dict[str, float]:
+        return {k: (v / self.steps).item() for k, v in self.sums.items()}
+
+
+class Trainer:
+    """One run: built from a config, optionally resumed from a run folder, then `run()`."""
+
+    def __init__(self, cfg: TrainConfig, d: Dist):
+        self.cfg, self.dist = cfg, d
+        self.device = pick_device(cfg.device, d)
+        torch.manual_seed(cfg.seed + d.rank)  # distinct noise per rank; weights are broadcast from rank 0
+        self.data = PackedFaces.open(cfg.data)
+        self.batches = FaceBatches(self.data.tensor("train", self.device), cfg.batch_size, cfg.seed, cfg.flip, d.rank, d.world)
+        self.held_out = self.data.tensor(self.data.held_out(), "cpu", limit=cfg.pca_samples)
+        self.precision = choose_precision(cfg.precision, self.device)
+        self.task = make_task(cfg, self.device, self.precision.autocast(self.device), d)
+        self.ema = EMA(self.task.inference_net, cfg.ema_decay) if cfg.ema else None
+        self.store = CheckpointStore(cfg.checkpoints)
+        self.fixed_z = sample_prior(64, self.task.inference_net.latent_dim, torch.Generator().manual_seed(cfg.seed)).to(self.device)
+        self.step = self.epoch = self.batch = 0
+        self.published: list[int] = []
+        self.last: dict[str, torch.Tensor] = {}
+        self.run_dir: Path | None = None
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def run(self, resume_dir: Path | None = None) -> TrainResult:
+        cfg, d = self.cfg, self.dist
+        if resume_dir is not None:
+            self.run_dir = resume_dir
+            self.restore(load_training_state(resume_dir / STATE_FILE))
+        elif d.is_main:
+            self.run_dir = create_run_dir(cfg.runs_dir, cfg.name)
         if d.is_main:
-            torch.set_rng_state(state["rng"]["cpu"])
-            if device.type == "cuda" and state["rng"]["cuda"] is not None:
-                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        else:
-            torch.manual_seed(cfg.seed + d.rank + 7919 * step)
-    else:
-        run_dir = create_run_dir(cfg.runs_dir, cfg.name) if d.is_main else None
-    if d.is_main:
-        write_config(run_dir, cfg.to_dict() | {"resolved_precision": precision.to_dict()})
+            write_config(self.run_dir, cfg.to_dict() | {"resolved_precision": self.precision.to_dict()})
+        total = min(cfg.epochs * len(self.batches), cfg.max_steps or float("inf"))
+        self.log = RunLog(self.run_dir, total, self.step, enabled=d.is_main, progress=cfg.progress)
+        self.log.write(f"run {self.run_dir}: {cfg.model} ({cfg.preset}) on {self.device} in {self.precision.name} "
+                       f"({self.precision.reason}), {len(self.batches)} steps/epoch, {total - self.step} steps to go")
+        self.window = MetricWindow(self.device, self.step)
+        stop = StopFlag()
+        try:
+            while self.step < total:
+                stopped = self.train_epoch(total, stop)
+                if stopped:
+                    self.snapshot()
+                    self.log.write(f"stopped by signal {stop.signum} at step {self.step}; state saved, "
+                                   f"resume with --resume {self.run_dir}")
+                    return TrainResult(self.run_dir, self.step, self.epoch, self.published,
+                                       stopped_by=stop.signum or signal.SIGTERM)
+                if self.batch >= len(self.batches):
+                    self.epoch, self.batch = self.epoch + 1, 0
+                    if self.step < total:  # the last epoch ends below, with a publish
+                        self.end_of_epoch(publish_now=bool(cfg.publish_every) and self.epoch % cfg.publish_every == 0)
+            self.end_of_epoch(publish_now=True)
+            self.snapshot()
+            return TrainResult(self.run_dir, self.step, self.epoch, self.published)
+        finally:
+            stop.restore()
+            self.log.close()
 
-    total = cfg.epochs * len(batches)
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    log = RunLog(run_dir, total, step, enabled=d.is_main, progress=cfg.progress)
-    log.write(f"run {run_dir}: {cfg.model} ({cfg.preset}) on {device} in {precision.name} ({precision.reason}), "
-              f"{len(batches)} steps/epoch, {total - step} steps to go")
+    def train_epoch(self, total: int, stop: StopFlag) -> bool:
+        """Steps until the epoch ends or `total` is reached; True if a signal asked to stop."""
+        cfg = self.cfg
+        for x in self.batches.epoch(self.epoch, start=self.batch):
+            self.last = self.task.train_step(x)
+            if self.ema:
+                self.ema.update(self.task.inference_net)
+            self.step, self.batch = self.step + 1, self.batch + 1
+            self.window.add(self.last)
+            self.log.advance()
+            if self.step % cfg.log_every == 0:
+                self.flush_metrics()
+            if self.step % cfg.ckpt_every == 0:
+                self.snapshot()
+            if any_rank(stop.signum is not None, self.dist, self.device):
+                return True
+            if self.step >= total:
+                break
+        return False
 
-    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
-    window = {"steps": 0, "t0": time.perf_counter(), "last_good_step": step}
-
-    def flush_metrics():
+    def flush_metrics(self) -> None:
         """Log the window's mean losses; stop with a clear error if any went non-finite."""
-        if not window["steps"]:
+        w = self.window
+        if not w.steps:
             return
-        means = {k: (v / window["steps"]).item() for k, v in sums.items()}
+        means = w.means()
         bad = [k for k, v in means.items() if v != v or abs(v) == float("inf")]
         if bad:
+            where = self.run_dir / STATE_FILE if self.run_dir else "the run folder"
             raise TrainingError(
-                f"{', '.join(bad)} became non-finite between steps {window['last_good_step']} and {step}; "
-                f"stopping. The last good resume state is in {run_dir / STATE_FILE if run_dir else 'the run folder'}. "
-                "Try a lower --lr or --precision fp32."
+                f"{', '.join(bad)} became non-finite between steps {w.last_good_step} and {self.step}; "
+                f"stopping. The last good resume state is in {where}. Try a lower --lr or --precision fp32."
             )
-        elapsed = time.perf_counter() - window["t0"]
-        means["img_per_s"] = window["steps"] * cfg.batch_size * d.world / max(elapsed, 1e-9)
-        means["lr"] = cfg.lr
-        log.scalars(step, epoch, means)
-        sums.clear()
-        window.update(steps=0, t0=time.perf_counter(), last_good_step=step)
+        means["img_per_s"] = w.steps * self.cfg.batch_size * self.dist.world / max(time.perf_counter() - w.t0, 1e-9)
+        means["lr"] = self.cfg.lr
+        self.log.scalars(self.step, self.epoch, means)
+        w.reset(self.step)
 
-    def snapshot():
-        flush_metrics()
-        if not d.is_main:
+    # --- resume state ------------------------------------------------------------------------
+
+    def snapshot(self) -> None:
+        self.flush_metrics()
+        rng = self.gather_rng()  # every rank takes part; rank 0 writes
+        if not self.dist.is_main:
             return
-        save_training_state(run_dir / STATE_FILE, {
-            "step": step, "epoch": epoch, "batch": batch, "published": published,
-            "modules": {k: m.state_dict() for k, m in task.modules().items()},
-            "optimizers": {k: o.state_dict() for k, o in task.optimizers().items()},
-            "ema": ema.state_dict() if ema else None,
-            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            "config": cfg.to_dict(), "data_fingerprint": data.fingerprint,
+        save_training_state(self.run_dir / STATE_FILE, {
+            "step": self.step, "epoch": self.epoch, "batch": self.batch, "published": self.published,
+            "modules": {k: m.state_dict() for k, m in self.task.modules().items()},
+            "optimizers": {k: o.state_dict() for k, o in self.task.optimizers().items()},
+            "ema": self.ema.state_dict() if self.ema else None,
+            "rng": rng, "config": self.cfg.to_dict(), "data_fingerprint": self.data.fingerprint,
         })
 
-    def fit_basis(net) -> PcaBasis:
-        """What a version stores for /pca-grid: GANSpace directions, or the PCA of held-out latents."""
-        if cfg.model == "gan":
-            return ganspace_basis(net, device, n_samples=cfg.pca_samples, seed=cfg.seed)
-        return latent_pca(net, held_out, device)
+    def gather_rng(self) -> dict:
+        """The RNG state of every rank, so that a resumed run draws the same noise on each."""
+        cuda = self.device.type == "cuda"
+        return {
+            "cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+            "cpu_ranks": all_gather_tensor(torch.get_rng_state(), self.dist, self.device),
+            "cuda_ranks": all_gather_tensor(torch.cuda.get_rng_state(self.device), self.dist, self.device) if cuda else None,
+        }
 
-    def publish(net, basis: PcaBasis):
-        version = store.publish(
-            cfg.name, cfg.model, cfg.network_config, net.state_dict(), step=step, epoch=epoch,
-            data_fingerprint=data.fingerprint, metrics={k: float(v) for k, v in last.items()},
+    def restore(self, state: dict) -> None:
+        if state["data_fingerprint"] != self.data.fingerprint:
+            raise TrainingError(f"{self.cfg.data} is not the dataset run {self.run_dir} was trained on (fingerprint differs)")
+        for key, module in self.task.modules().items():
+            module.load_state_dict(state["modules"][key])
+        for key, opt in self.task.optimizers().items():
+            opt.load_state_dict(state["optimizers"][key])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
+        self.published = list(state["published"])
+        self.restore_rng(state["rng"])
+
+    def restore_rng(self, rng: dict) -> None:
+        d, cuda = self.dist, self.device.type == "cuda"
+        per_rank = rng.get("cpu_ranks")
+        if per_rank is not None and len(per_rank) == d.world:
+            torch.set_rng_state(per_rank[d.rank])
+            if cuda and rng.get("cuda_ranks") is not None:
+                torch.cuda.set_rng_state(rng["cuda_ranks"][d.rank], self.device)
+        elif d.is_main:  # a state from a run with another number of ranks: rank 0 continues exactly
+            torch.set_rng_state(rng["cpu"])
+            if cuda and rng["cuda"] is not None:
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        else:
+            torch.manual_seed(self.cfg.seed + d.rank + 7919 * self.step)
+
+    # --- what a run writes -------------------------------------------------------------------
+
+    def fit_basis(self, net) -> PcaBasis:
+        """What a version stores for /pca-grid: GANSpace directions, or the PCA of held-out latents."""
+        if self.cfg.model == "gan":
+            return ganspace_basis(net, self.device, n_samples=self.cfg.pca_samples, seed=self.cfg.seed)
+        return latent_pca(net, self.held_out, self.device)
+
+    def publish(self, net, basis: PcaBasis) -> None:
+        cfg = self.cfg
+        version = self.store.publish(
+            cfg.name, cfg.model, cfg.network_config, net.state_dict(), step=self.step, epoch=self.epoch,
+            data_fingerprint=self.data.fingerprint, metrics={k: float(v) for k, v in self.last.items()},
             extras=basis.to_tensors(), dtype=WEIGHT_DTYPES[cfg.publish_dtype],
         )
-        published.append(version)
-        log.write(f"published {cfg.name} v{version} (step {step}) to {store.path(cfg.name, version)}")
+        self.published.append(version)
+        self.log.write(f"published {cfg.name} v{version} (step {self.step}) to {self.store.path(cfg.name, version)}")
 
     @torch.no_grad()
-    def write_images(net, basis: PcaBasis | None):
+    def write_images(self, net, basis: PcaBasis | None) -> None:
         grids = {}
-        z = fixed_z
+        z = self.fixed_z
         if basis is not None:  # AE/VAE: sample as the service does, from the Gaussian of held-out latents
-            z = basis.sample(len(fixed_z), torch.Generator().manual_seed(cfg.seed)).to(device)
+            z = basis.sample(len(z), torch.Generator().manual_seed(self.cfg.seed)).to(self.device)
         grids["samples"] = image_grid(net.decode(z).float(), nrow=8)
         if hasattr(net, "embed"):
-            faces = FaceBatches.to_float(held_out[:32].to(device), None)
+            faces = FaceBatches.to_float(self.held_out[:32].to(self.device), None)
             grids["reconstructions"] = image_grid(torch.cat([faces, net.decode(net.embed(faces)).float()]), nrow=8)
-        (run_dir / "samples").mkdir(exist_ok=True)
+        (self.run_dir / "samples").mkdir(exist_ok=True)
         for tag, grid in grids.items():
-            log.image(tag, step, grid)
+            self.log.image(tag, self.step, grid)
             suffix = "" if tag == "samples" else f"_{tag}"
-            (run_dir / "samples" / f"step{step:08d}{suffix}.png").write_bytes(encode_png(grid))
+            (self.run_dir / "samples" / f"step{self.step:08d}{suffix}.png").write_bytes(encode_png(grid))
 
-    def end_of_epoch(publish_now: bool):
+    def end_of_epoch(self, publish_now: bool) -> None:
         """Sample grids, and a published version when one is due; the basis is fitted once for both."""
         if publish_now:
-            flush_metrics()
-        if not d.is_main:
+            self.flush_metrics()
+        if not self.dist.is_main:
             return
-        net = ema.net if ema else task.inference_net
+        net = self.ema.net if self.ema else self.task.inference_net
         was_training = net.training
         net.eval()
         has_encoder = hasattr(net, "embed")
-        basis = fit_basis(net) if publish_now or has_encoder else None
-        write_images(net, basis if has_encoder else None)
+        basis = self.fit_basis(net) if publish_now or has_encoder else None
+        self.write_images(net, basis if has_encoder else None)
         if publish_now:
-            publish(net, basis)
+            self.publish(net, basis)
         net.train(was_training)
-
-    stop = StopFlag()
-    last, stopping = {}, False
-    try:
-        while step < total:
-            for x in batches.epoch(epoch, start=batch):
-                metrics = task.train_step(x)
-                if ema:
-                    ema.update(task.inference_net)
-                step, batch = step + 1, batch + 1
-                window["steps"] += 1
-                for k, v in metrics.items():
-                    sums[k] += v.float()
-                last = metrics
-                log.advance()
-                if step % cfg.log_every == 0:
-                    flush_metrics()
-                if step % cfg.ckpt_every == 0:
-                    snapshot()
-                stopping = any_rank(stop.signum is not None, d, device)
-                if stopping or step >= total:
-                    break
-            if stopping:
-                snapshot()
-                log.write(f"stopped by signal {stop.signum} at step {step}; state saved, resume with --resume {run_dir}")
-                return TrainResult(run_dir, step, epoch, published, stopped_by=stop.signum or signal.SIGTERM)
-            if batch >= len(batches):
-                epoch, batch = epoch + 1, 0
-                if step < total:  # the last epoch ends below, with a publish
-                    end_of_epoch(publish_now=bool(cfg.publish_every) and epoch % cfg.publish_every == 0)
-        end_of_epoch(publish_now=True)
-        snapshot()
-        return TrainResult(run_dir, step, epoch, published)
-    finally:
-        stop.restore()
-        log.close()
-
