@@ -1,4 +1,5 @@
 import os
+import socket
 import time
 
 import pytest
@@ -23,6 +24,12 @@ def publish_tiny(store: CheckpointStore, kind: str, name: str | None = None, see
     elif basis:
         extras = ganspace_basis(model, torch.device("cpu"), n_samples=64, seed=seed).to_tensors()
     return store.publish(kind if name is None else name, kind, config, model.state_dict(), step=10, epoch=1, extras=extras, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -1,6 +1,5 @@
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from fastapi.testclient import TestClient
 from models_core.checkpoint import CheckpointStore
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import publish_tiny, wait_until
+from tests.conftest import free_port, publish_tiny, wait_until
 
 
 @pytest.fixture
@@ -40,12 +39,6 @@ def client(served_store):
 
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
