@@ -1,22 +1,25 @@
 """Service latency and throughput under load, against a naive baseline served by the same process.
 
-    python bench/service_load.py --checkpoint-root checkpoints --model gan [--requests 64]
+    python bench/service_load.py --checkpoint-root checkpoints --model gan [--precision auto] [--compile]
 
-Starts the real server (uvicorn, a subprocess on a free port) with three extra baseline routes
-written the naive way — fp32, one forward per request in FastAPI's thread pool, no batching, no
-response cache, Pillow's default PNG level, and for /baseline/pca-grid the PCA basis recomputed
-per request (GANSpace for the GAN, 5000 held-out latents for AE/VAE) — and drives both with a
-bounded httpx.AsyncClient. Seeds vary per request so neither side is served from a cache.
+Starts the real server (uvicorn, a subprocess on a free port) with extra baseline routes written
+the naive way — fp32, one forward per request in FastAPI's thread pool, no batching, no response
+cache, Pillow's default PNG level, and for /baseline/pca-grid the PCA basis recomputed per request
+(GANSpace for the GAN, 5000 held-out latents for AE/VAE) — and drives both with wrk (Debian's
+package: a C load generator that leaves the server its cores; an httpx fallback, with a warning,
+where wrk is missing). Seeds vary per request so neither side is served from a cache.
 """
 
 import argparse
 import asyncio
 import io
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,11 +101,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+WRK_SCRIPT = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "%s" .. "&seed=" .. (counter * 1000 + math.random(999)))
+end
+done = function(summary, latency, requests)
+  io.write(string.format("WRK %%d %%d %%d %%d %%f %%f\\n", summary.requests, summary.duration,
+    summary.errors.status, summary.errors.timeout + summary.errors.connect + summary.errors.read,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def wrk(url: str, path: str, concurrency: int, seconds: float) -> dict:
+    """wrk (a C load generator: it leaves the server the cores) on `path` with a fresh seed per request."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT % path)
+    out = subprocess.run(["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "60s", "-s", f.name, url],
+                         capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    requests, duration_us, non2xx, errors, p50, p99 = next(line for line in out.splitlines() if line.startswith("WRK ")).split()[1:]
+    wall = int(duration_us) / 1e6
+    return {"rps": (int(requests) - int(non2xx)) / wall, "non2xx": int(non2xx), "errors": int(errors),
+            "p50_ms": float(p50) / 1e3, "p99_ms": float(p99) / 1e3}
+
+
+def compare(title: str, url: str, ours: str, baseline: str, concurrency: int, seconds: float) -> None:
+    a, b = wrk(url, ours, concurrency, seconds), wrk(url, baseline, concurrency, seconds)
+    print(title)
+    for name, r in (("ours", a), ("baseline", b)):
+        print(f"  {name:9s} {r['rps']:8.1f} good req/s   p50 {r['p50_ms']:8.1f} ms   p99 {r['p99_ms']:8.1f} ms   "
+              f"non-2xx {r['non2xx']}, socket errors {r['errors']}")
+    print(f"  throughput ×{a['rps'] / max(b['rps'], 1e-9):.2f}, p50 latency ×{b['p50_ms'] / max(a['p50_ms'], 1e-9):.2f} lower")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint-root", default="checkpoints")
     p.add_argument("--model", default="gan")
-    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--seconds", type=int, default=10, help="duration of each wrk scenario")
+    p.add_argument("--requests", type=int, default=64, help="requests per scenario with the httpx fallback")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="the service's (the baseline stays fp32)")
+    p.add_argument("--compile", action="store_true", help="FACEGEN_COMPILE=1 for the service")
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # internal: run the server on this port
     args = p.parse_args()
     if args.serve:
@@ -111,34 +153,51 @@ def main():
         uvicorn.run(build_app(args.checkpoint_root), host="127.0.0.1", port=args.serve, log_level="warning")
         return
 
+    import torch
+
+    from hardware import describe
+
+    print(describe(torch.device("cpu")))
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FACEGEN_PRECISION": args.precision, "FACEGEN_COMPILE": str(int(args.compile))}
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--checkpoint-root", args.checkpoint_root], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
+        for _ in range(1200):
             try:
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
         m, n = args.model, args.requests
-        print(f"model {m}, {n} requests per scenario, seeds vary per request (no cache hits)")
-        scenarios = [
-            ("/sample n=64, concurrency 4", 4, [f"/sample?model={m}&n=64&seed={i}" for i in range(n)],
-             [f"/baseline/sample?model={m}&n=64&seed={i}" for i in range(n)]),
-            ("/sample n=1, concurrency 16", 16, [f"/sample?model={m}&n=1&seed={i}" for i in range(4 * n)],
-             [f"/baseline/sample?model={m}&n=1&seed={i}" for i in range(4 * n)]),
-            ("/pca-grid 10×10, concurrency 1", 1, [f"/pca-grid?model={m}&seed={i}" for i in range(max(4, n // 8))],
-             [f"/baseline/pca-grid?model={m}&seed={i}" for i in range(4)]),
-        ]
-        for title, concurrency, ours, baseline in scenarios:
-            print(title)
-            ours_lat, ours_wall = asyncio.run(load(url, ours, concurrency))
-            base_lat, base_wall = asyncio.run(load(url, baseline, concurrency))
-            r_ours = report("ours", ours_lat, ours_wall)
-            r_base = report("baseline", base_lat, base_wall)
-            print(f"  throughput ×{r_ours / r_base:.2f}, p50 latency ×{statistics.median(base_lat) / statistics.median(ours_lat):.1f} lower")
+        served = {x["name"]: x for x in httpx.get(f"{url}/models").json()["models"]}[m]
+        print(f"model {m} v{served['served_version']}, service in {served['precision']['precision']} "
+              f"({served['precision']['reason']}), compile {'on' if args.compile else 'off'}; baseline fp32, eager")
+        if shutil.which("wrk"):
+            print(f"load: wrk, {args.seconds:g} s per scenario, a fresh seed per request (no cache hits)")
+            compare("/sample n=1, concurrency 1 (batch-1 latency)", url, f"/sample?model={m}&n=1", f"/baseline/sample?model={m}&n=1", 1, args.seconds)
+            compare("/sample n=1, concurrency 16", url, f"/sample?model={m}&n=1", f"/baseline/sample?model={m}&n=1", 16, args.seconds)
+            compare("/sample n=64, concurrency 4", url, f"/sample?model={m}&n=64", f"/baseline/sample?model={m}&n=64", 4, args.seconds)
+        else:
+            print("WARNING: wrk is not installed (apt-get install wrk); falling back to an httpx load generator, which "
+                  "shares the server's cores and mostly measures itself")
+            for title, concurrency, ours, baseline in [
+                ("/sample n=64, concurrency 4", 4, [f"/sample?model={m}&n=64&seed={i}" for i in range(n)],
+                 [f"/baseline/sample?model={m}&n=64&seed={i}" for i in range(n)]),
+                ("/sample n=1, concurrency 16", 16, [f"/sample?model={m}&n=1&seed={i}" for i in range(4 * n)],
+                 [f"/baseline/sample?model={m}&n=1&seed={i}" for i in range(4 * n)]),
+            ]:
+                print(title)
+                r_ours = report("ours", *asyncio.run(load(url, ours, concurrency)))
+                r_base = report("baseline", *asyncio.run(load(url, baseline, concurrency)))
+                print(f"  throughput ×{r_ours / r_base:.2f}")
+        # /pca-grid: seconds per baseline request, so a few sequential requests (the client's cost is noise here).
+        print("/pca-grid 10×10, concurrency 1")
+        ours_lat, ours_wall = asyncio.run(load(url, [f"/pca-grid?model={m}&seed={i}" for i in range(8)], 1))
+        base_lat, base_wall = asyncio.run(load(url, [f"/baseline/pca-grid?model={m}&seed={i}" for i in range(3)], 1))
+        report("ours", ours_lat, ours_wall)
+        report("baseline", base_lat, base_wall)
+        print(f"  p50 latency ×{statistics.median(base_lat) / statistics.median(ours_lat):.1f} lower")
         cached, wall = asyncio.run(load(url, [f"/pca-grid?model={m}&seed=0"] * 32, 1))
         report("/pca-grid repeated (cache)", cached, wall)
     finally:

@@ -17,8 +17,10 @@ class Retired(Exception):
 
 
 class DecodeBatcher:
-    """Collects latents from concurrent requests for up to `max_wait` seconds (or `max_batch` rows),
-    decodes them in one forward pass on the executor thread, and hands each request its rows.
+    """Decodes the latents of concurrent requests in one forward pass on the executor thread and
+    hands each request its rows. A batch is whatever queued up while the previous pass ran (up to
+    `max_batch` rows), plus what arrives within `max_wait` seconds: with max_wait 0 (the default)
+    a request alone is decoded at once, and under load batches form by themselves.
 
     Every row taken is either decoded or failed with Retired; none is left waiting. Rows whose
     request has gone (its future cancelled: the client disconnected or its deadline passed) are
@@ -61,10 +63,15 @@ class DecodeBatcher:
                 rows = len(self.taken[0][0])
                 deadline = loop.time() + self.max_wait
                 while rows < self.max_batch:
-                    try:
-                        item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
-                    except TimeoutError:
-                        break
+                    try:  # whatever queued up while the last forward pass ran joins this one
+                        item = self.queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        if deadline <= loop.time():
+                            break
+                        try:
+                            item = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
+                        except TimeoutError:
+                            break
                     self.taken.append(item)
                     rows += len(item[0])
                 await self.decode_taken(loop)

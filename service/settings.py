@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_batch: int = Field(256, ge=1, description="most images decoded in one forward pass")
-    max_wait_ms: float = Field(5.0, ge=0, description="how long a request waits for others to batch with")
+    max_wait_ms: float = Field(0.0, ge=0, description="how long a request waits for others to batch with; at 0 a "
+                               "batch is what queued up during the previous forward pass, and a lone request never waits")
     queue_size: int = Field(64, ge=1, description="pending requests per model before answering 503")
     poll_seconds: float = Field(5.0, gt=0, description="how often the checkpoint root is checked for new versions")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)

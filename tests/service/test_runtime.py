@@ -125,3 +125,24 @@ def test_real_server_over_http(live_server):
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports it.
     assert live_server.proc.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output and "serving vae v1" in output and "Traceback" not in output
+
+
+def test_without_a_wait_a_lone_request_goes_at_once_and_a_queue_batches_itself():
+    sizes = []
+
+    async def body():
+        def slow(z):
+            sizes.append(len(z))
+            time.sleep(0.2)
+            return z
+
+        batcher = DecodeBatcher(slow, ThreadPoolExecutor(1), max_batch=64, max_wait=0, queue_size=16)
+        first = asyncio.ensure_future(batcher.decode(torch.zeros(1, 2)))
+        await asyncio.sleep(0.05)
+        assert sizes == [1]  # decoding already: nobody waited for company
+        rest = [asyncio.ensure_future(batcher.decode(torch.ones(2, 2))) for _ in range(4)]
+        await asyncio.gather(first, *rest)
+        await batcher.retire()
+
+    asyncio.run(body())
+    assert sizes == [1, 8]  # the four that queued during the first pass share the next
