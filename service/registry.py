@@ -16,6 +16,7 @@ from models_core.precision import Precision, choose_precision
 from service.batching import DecodeBatcher
 from service.errors import ApiError
 from service.inference import compile_decoder, run_inference
+from service.memory import release_memory
 from service.settings import Settings
 
 log = logging.getLogger("facegen.service")
@@ -207,9 +208,16 @@ class ModelRegistry:
 
     def retire(self, served: ServedModel) -> None:
         """Retire in the background: requests holding `served` finish on it first."""
-        task = asyncio.get_running_loop().create_task(served.retire(self.settings.retire_grace_s))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(served.retire(self.settings.retire_grace_s))
         self.retiring.add(task)
-        task.add_done_callback(self.retiring.discard)
+
+        def retired(task):
+            self.retiring.discard(task)
+            # A moment later nothing refers to the version: its weights and compiled graphs are garbage.
+            loop.call_later(1.0, lambda: loop.run_in_executor(None, release_memory))
+
+        task.add_done_callback(retired)
 
     async def close(self) -> None:
         for served in [*self.latest.values(), *self.older.values()]:

@@ -3,6 +3,8 @@ compiler leaves the model served eager."""
 
 import io
 import logging
+import os
+import time
 
 import numpy as np
 import torch
@@ -12,6 +14,10 @@ from PIL import Image
 from service.app import create_app
 from tests.conftest import publish_tiny, wait_until
 from tests.service.conftest import make_settings
+
+
+def rss_mib() -> float:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def pixels(response) -> np.ndarray:
@@ -35,14 +41,18 @@ def test_compiled_decoders_serve_the_eager_images_and_new_versions_compile(serve
         for m in ("gan", "vae"):
             assert np.abs(pixels(client.get(url.format(m))) - expected[m]).max() <= 2  # float rounding only
 
-        # Four more versions: eight more graphs, past dynamo's recompile limit for one code object.
-        for version in range(2, 6):
+        # Five more versions: ten more graphs, past dynamo's recompile limit for one code object.
+        rss = {}
+        for version in range(2, 7):
             before = graphs["unique_graphs"]
             publish_tiny(served_store, "gan", seed=version)
             assert wait_until(lambda: client.get(url.format("gan")).headers["x-model-version"] == str(version), timeout=60)
             assert f"compiled gan v{version}" in caplog.text
             assert graphs["unique_graphs"] > before, f"gan v{version} was not compiled"
+            time.sleep(1.5)  # the retired version's memory is released a moment after it retires
+            rss[version] = rss_mib()
     assert "serving it eager" not in caplog.text
+    assert rss[6] - rss[3] < 24, f"RSS grew with every compiled version: {rss}"
 
 
 def test_a_failing_compiler_leaves_the_model_served_eager(served_store, caplog, monkeypatch):
