@@ -156,6 +156,8 @@ def test_hot_swapping_ten_versions_under_load_loses_nothing(served_store):
     assert len(statuses) > 100 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert len(versions) >= 5, versions  # the swaps really happened under the load
     assert "Traceback" not in output
+    print(f"hot swaps: {len(statuses)} requests answered, 10 versions published, {len(versions)} versions served, "
+          f"{len(errors)} lost")
 
 
 def test_sigterm_stops_the_server_within_its_grace_answering_what_is_in_flight(served_store):
@@ -253,3 +255,43 @@ def test_old_versions_are_bounded_by_bytes_too(served_store):
         return dict(app.state.registry.older)
 
     assert asyncio.run(with_app(app, body)) == {}  # each was served, then evicted by the 0 MiB bound
+
+
+def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
+    """Clients that give up while their rows wait in the queue disconnect; the rows are dropped."""
+    import uvicorn
+
+    from tests.conftest import free_port, wait_until
+
+    app = create_app(make_settings(served_store, cache_mb=0))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: server.started, timeout=30)
+        batcher = app.state.registry.latest["gan"].batcher
+        fast = batcher.forward
+        batcher.forward = lambda z: (time.sleep(1.0), fast(z))[1]
+
+        def ask(seed, n, timeout):
+            try:
+                return httpx.get(f"{url}/sample", params={"model": "gan", "n": n, "seed": seed}, timeout=timeout).status_code
+            except httpx.TimeoutException:
+                return "gave up"
+
+        first = threading.Thread(target=ask, args=(0, 1, 30))  # occupies the forward pass for a second
+        first.start()
+        time.sleep(0.2)
+        with ThreadPoolExecutor(6) as pool:  # these queue behind it, then their clients give up
+            assert list(pool.map(lambda s: ask(s, 5, 0.3), range(1, 7))) == ["gave up"] * 6
+        first.join()
+        batcher.forward = fast
+        assert ask(99, 2, 30) == 200  # and the server carries on
+        text = httpx.get(f"{url}/metrics").text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert metric(text, 'facegen_rows_dropped_total{model="gan"}') == 6 * 5
+    assert metric(text, 'facegen_rows_decoded_total{model="gan"}') == 1 + 2
