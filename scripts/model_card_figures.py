@@ -2,7 +2,7 @@
 
     python scripts/model_card_figures.py [--root checkpoints] [--out docs/figures]
 
-Per model: samples, a slerp interpolation and a PCA grid; for AE/VAE also reconstructions of the
+Per model: samples, a slerp interpolation, a PCA grid and the study's latent grid; for AE/VAE also reconstructions of the
 shipped held-out faces (originals above reconstructions). Fixed seeds, so reruns give the same files.
 """
 
@@ -20,6 +20,7 @@ FIGURES = {
     "samples": ("/sample", dict(n=32, nrow=8, seed=0)),
     "slerp": ("/interpolate", dict(rows=4, steps=8, seed_a=1, seed_b=2, method="slerp")),
     "pca": ("/pca-grid", dict(pc_x=0, pc_y=1, steps=7, span=3)),
+    "latent_grid": ("/latent-grid", dict(dim_x=0, dim_y=1, steps=7, span=3)),
     "reconstructions": ("/reconstruct", dict(n=16, seed=0)),
 }
 
