@@ -14,7 +14,8 @@ from trainer.__main__ import train_parser
 from trainer.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ("ae", "vae", "gan")  # checkpoints/<name>/000001, tracked in git
+BUNDLED_VERSIONS = {"ae": 1, "vae": 2, "gan": 1}  # checkpoints/<name>/<version>, tracked in git: one per model
+BUNDLED = tuple(BUNDLED_VERSIONS)
 TRAINER_ENV = {"FACEGEN_CHECKPOINT_ROOT", "FACEGEN_RUNS_DIR"}
 
 
@@ -92,7 +93,8 @@ def dockerignored(path: str) -> bool:
 
 
 def test_the_image_carries_the_bundled_models_but_nothing_trained_locally():
-    bundled = [f"checkpoints/{name}/000001/{file}" for name in BUNDLED for file in ("manifest.json", "weights.safetensors")]
+    bundled = [f"checkpoints/{name}/{v:06d}/{file}" for name, v in BUNDLED_VERSIONS.items()
+               for file in ("manifest.json", "weights.safetensors")]
     assert all((ROOT / p).is_file() for p in bundled)
     assert not any(dockerignored(p) for p in bundled)
     assert dockerignored("checkpoints/gan/000002/weights.safetensors")
