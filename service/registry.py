@@ -100,9 +100,6 @@ class ModelRegistry:
         names = self.settings.models if self.settings.models is not None else self.store.models()
         return [n for n in names if MODEL_NAME_RE.match(n)]
 
-    def served_names(self) -> set[str]:
-        return set(self.latest)
-
     async def load(self, name: str, version: int) -> ServedModel:
         """Load a version once, however many requests ask for it at the same time. Any failure
         refuses the version (one log line) and raises CheckpointError."""
@@ -110,22 +107,18 @@ class ModelRegistry:
         if key not in self.loading:
             self.loading[key] = asyncio.ensure_future(self._load(name, version))
             self.loading[key].add_done_callback(lambda _: self.loading.pop(key, None))
-        try:
-            return await asyncio.shield(self.loading[key])
-        except CheckpointError:
-            raise
-        except Exception as e:  # an unreadable file, a malformed config: refuse this version, serve the rest
-            self.refused.add(key)
-            raise CheckpointError(f"{type(e).__name__}: {e}") from None
+        return await asyncio.shield(self.loading[key])
 
     async def _load(self, name: str, version: int) -> ServedModel:
         loop = asyncio.get_running_loop()
         try:
             ckpt = await loop.run_in_executor(self.loader, self.store.load, name, version, self.device)
-        except Exception as e:
+        except Exception as e:  # a bad checksum, an unreadable file, a malformed config: refuse it, serve the rest
             self.refused.add((name, version))
             log.error("refusing %s v%d: %s", name, version, e)
-            raise
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{type(e).__name__}: {e}") from e
         s = self.settings
         forward = ckpt.model.decode
         if s.compile:

@@ -207,7 +207,6 @@ class Trainer:
         """The RNG state of every rank, so that a resumed run draws the same noise on each."""
         cuda = self.device.type == "cuda"
         return {
-            "cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
             "cpu_ranks": all_gather_tensor(torch.get_rng_state(), self.dist, self.device),
             "cuda_ranks": all_gather_tensor(torch.cuda.get_rng_state(self.device), self.dist, self.device) if cuda else None,
         }
@@ -226,18 +225,18 @@ class Trainer:
         self.restore_rng(state["rng"])
 
     def restore_rng(self, rng: dict) -> None:
-        d, cuda = self.dist, self.device.type == "cuda"
-        per_rank = rng.get("cpu_ranks")
-        if per_rank is not None and len(per_rank) == d.world:
-            torch.set_rng_state(per_rank[d.rank])
-            if cuda and rng.get("cuda_ranks") is not None:
-                torch.cuda.set_rng_state(rng["cuda_ranks"][d.rank], self.device)
-        elif d.is_main:  # a state from a run with another number of ranks: rank 0 continues exactly
-            torch.set_rng_state(rng["cpu"])
-            if cuda and rng["cuda"] is not None:
-                torch.cuda.set_rng_state(rng["cuda"], self.device)
-        else:
+        d = self.dist
+        # States written before snapshots held every rank's RNG have rank 0's alone, as "cpu"/"cuda".
+        cpu = rng.get("cpu_ranks") or [rng["cpu"]]
+        cuda = rng.get("cuda_ranks") or ([rng["cuda"]] if rng.get("cuda") is not None else None)
+        # A state from a run with another number of ranks: rank 0 continues exactly, the others reseed.
+        rank = d.rank if len(cpu) == d.world else 0 if d.is_main else None
+        if rank is None:
             torch.manual_seed(self.cfg.seed + d.rank + 7919 * self.step)
+            return
+        torch.set_rng_state(cpu[rank])
+        if self.device.type == "cuda" and cuda is not None:
+            torch.cuda.set_rng_state(cuda[rank], self.device)
 
     # --- what a run writes -------------------------------------------------------------------
 
