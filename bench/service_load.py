@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import io
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -67,6 +68,13 @@ def build_app(checkpoint_root: str):
             grid = basis.grid(0, 1, 3.0, steps).reshape(steps * steps, -1) - basis.mean + z0
             return png(net.decode(grid))
 
+    @app.get("/renice")
+    async def renice(nice: int = 10, switch: float = 0.005):
+        import threading
+        sys.setswitchinterval(switch)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        return {"ok": nice}
+
     return app
 
 
@@ -101,11 +109,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Seeds start at a fresh random base in every run: a seed seen by an earlier run would be a cache hit.
 WRK_SCRIPT = """
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("GET", "%s" .. "&seed=" .. (counter * 1000 + math.random(999)))
+  return wrk.format("GET", "%s" .. "&seed=" .. (%d + counter))
 end
 done = function(summary, latency, requests)
   io.write(string.format("WRK %%d %%d %%d %%d %%f %%f\\n", summary.requests, summary.duration,
@@ -118,7 +127,7 @@ end
 def wrk(url: str, path: str, concurrency: int, seconds: float) -> dict:
     """wrk (a C load generator: it leaves the server the cores) on `path` with a fresh seed per request."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT % path)
+        f.write(WRK_SCRIPT % (path, random.getrandbits(36)))
     out = subprocess.run(["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "60s", "-s", f.name, url],
                          capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
@@ -126,6 +135,92 @@ def wrk(url: str, path: str, concurrency: int, seconds: float) -> dict:
     wall = int(duration_us) / 1e6
     return {"rps": (int(requests) - int(non2xx)) / wall, "non2xx": int(non2xx), "errors": int(errors),
             "p50_ms": float(p50) / 1e3, "p99_ms": float(p99) / 1e3}
+
+
+OVERLOAD_SCRIPT = """
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct { long sec; long nsec; } facegen_ts; int clock_gettime(int, facegen_ts *); ]]
+local ts = ffi.new("facegen_ts")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.sec) * 1e3 + tonumber(ts.nsec) / 1e6
+end
+counter, sent, good, shed, other = 0, {}, {}, {}, 0
+request = function()
+  counter = counter + 1
+  sent[counter] = now_ms()
+  return wrk.format("GET", "%s" .. "&seed=" .. (%d + counter), {["X-Request-ID"] = tostring(counter)})
+end
+response = function(status, headers, body)
+  local id = tonumber(headers["x-request-id"] or headers["X-Request-ID"] or "")
+  if id == nil or sent[id] == nil then other = other + 1 return end
+  local ms = now_ms() - sent[id]
+  sent[id] = nil
+  if status == 200 then good[#good + 1] = ms elseif status == 503 then shed[#shed + 1] = ms else other = other + 1 end
+end
+setup = function(thread) threads = threads or {}; threads[#threads + 1] = thread end
+done = function(summary, latency, requests)
+  for _, t in ipairs(threads) do
+    for _, kind in ipairs({"good", "shed"}) do
+      local xs = t:get(kind)
+      local line = {}
+      for i = 1, #xs do line[#line + 1] = string.format("%%.2f", xs[i]) end
+      io.write(kind:upper(), " ", table.concat(line, " "), "\\n")
+    end
+    io.write("OTHER ", t:get("other"), "\\n")
+  end
+  io.write(string.format("WRK %%d %%d %%d\\n", summary.requests, summary.duration,
+    summary.errors.timeout + summary.errors.connect + summary.errors.read))
+end
+"""
+
+
+def overload_round(url: str, path: str, concurrency: int, seconds: float) -> dict:
+    """wrk at `concurrency`, each answer timed by its X-Request-ID: 200s and 503s apart."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(OVERLOAD_SCRIPT % (path, random.getrandbits(36)))
+    out = subprocess.run(["nice", "-n", "19", "wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "120s", "-s", f.name, url],
+                         capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] if " " in line else "" for line in out.splitlines()}
+    good, shed = ([float(x) for x in lines.get(k, "").split()] for k in ("GOOD", "SHED"))
+    _, duration_us, errors = (int(x) for x in lines["WRK"].split())
+    wall = duration_us / 1e6
+
+    def p99(xs):
+        return statistics.quantiles(xs, n=100)[98] if len(xs) > 1 else (xs[0] if xs else float("nan"))
+
+    return {"good_rps": len(good) / wall, "shed_rps": len(shed) / wall, "other": int(lines.get("OTHER", 0) or 0),
+            "errors": errors, "good_p99_ms": p99(good), "shed_p99_ms": p99(shed),
+            "good_p50_ms": statistics.median(good) if good else float("nan")}
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def overload(url: str, pid: int, path: str, seconds: float, rounds: int, high: int = 256) -> None:
+    """The issue's scenario: the saturated peak at c=16, then c=`high` (16×) for `rounds` rounds."""
+    print(f"overload: {path}, wrk c=16 then c={high} × {rounds} rounds, {seconds:g} s each; "
+          f"'good' are 200s, 'shed' 503s; latencies as the client saw them")
+    overload_round(url, path, 16, seconds)  # warm-up: oneDNN builds its kernels for each new batch size
+    for c in (4, 8):
+        r = overload_round(url, path, c, seconds)
+        print(f"  c={c:<4d}  good {r['good_rps']:7.1f}/s  p50 {r['good_p50_ms']:7.1f}  p99 {r['good_p99_ms']:7.1f} ms")
+    if os.environ.get("RENICE"):
+        print(httpx.get(url + "/renice?" + os.environ["RENICE"]).json())
+    rss0 = rss_mb(pid)
+    peak = overload_round(url, path, 16, seconds)
+    print(f"  c=16    good {peak['good_rps']:7.1f}/s  p50 {peak['good_p50_ms']:7.1f}  p99 {peak['good_p99_ms']:7.1f} ms   "
+          f"shed {peak['shed_rps']:7.1f}/s   RSS {rss_mb(pid):6.0f} MB")
+    for i in range(rounds):
+        r = overload_round(url, path, high, seconds)
+        print(f"  c={high:<4d}  good {r['good_rps']:7.1f}/s ({r['good_rps'] / max(peak['good_rps'], 1e-9):4.0%} of peak)  "
+              f"p99 {r['good_p99_ms']:7.1f} ms   shed {r['shed_rps']:7.1f}/s  p99 {r['shed_p99_ms']:6.1f} ms   "
+              f"other {r['other']}, socket errors {r['errors']}   RSS {rss_mb(pid):6.0f} MB")
+    after = overload_round(url, path, 16, seconds)
+    print(f"  c=16    good {after['good_rps']:7.1f}/s after the overload   RSS {rss0:.0f} MB at start, {rss_mb(pid):.0f} MB now")
 
 
 def compare(title: str, url: str, ours: str, baseline: str, concurrency: int, seconds: float) -> None:
@@ -145,6 +240,8 @@ def main():
     p.add_argument("--requests", type=int, default=64, help="requests per scenario with the httpx fallback")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="the service's (the baseline stays fp32)")
     p.add_argument("--compile", action="store_true", help="FACEGEN_COMPILE=1 for the service")
+    p.add_argument("--overload", type=int, default=0, metavar="ROUNDS",
+                   help="run only the overload scenario (/sample n=4 at c=16, then ROUNDS rounds at c=256)")
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # internal: run the server on this port
     args = p.parse_args()
     if args.serve:
@@ -173,6 +270,10 @@ def main():
         served = {x["name"]: x for x in httpx.get(f"{url}/models").json()["models"]}[m]
         print(f"model {m} v{served['served_version']}, service in {served['precision']['precision']} "
               f"({served['precision']['reason']}), compile {'on' if args.compile else 'off'}; baseline fp32, eager")
+        if args.overload:
+            if not shutil.which("wrk"):
+                sys.exit("the overload scenario needs wrk (apt-get install wrk)")
+            return overload(url, server.pid, f"/sample?model={m}&n=4", args.seconds, args.overload)
         if shutil.which("wrk"):
             print(f"load: wrk, {args.seconds:g} s per scenario, a fresh seed per request (no cache hits)")
             compare("/sample n=1, concurrency 1 (batch-1 latency)", url, f"/sample?model={m}&n=1", f"/baseline/sample?model={m}&n=1", 1, args.seconds)

@@ -27,8 +27,8 @@ class ImageDecodeError(ValueError):
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(..., C, H, W) floats in [-1, 1] -> uint8 in [0, 255]; values outside are clipped."""
-    return ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    """(..., C, H, W) floats in [-1, 1] -> uint8 in [0, 255] on the CPU; values outside are clipped."""
+    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
 
 
 def from_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -37,8 +37,10 @@ def from_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (H', W', C) uint8 grid, nrow images per row."""
-    grid = make_grid(to_uint8(images), nrow=nrow, padding=padding, pad_value=255)  # (C, H', W')
+    """(B, C, H, W) floats in [-1, 1] or uint8 -> (H', W', C) uint8 grid, nrow images per row."""
+    if images.dtype != torch.uint8:
+        images = to_uint8(images)
+    grid = make_grid(images, nrow=nrow, padding=padding, pad_value=255)  # (C, H', W')
     return grid.permute(1, 2, 0).numpy()
 
 

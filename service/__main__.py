@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for shutdown_grace_s, then exits.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=settings.shutdown_grace_s)
+                access_log=settings.access_log, timeout_graceful_shutdown=settings.shutdown_grace_s)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 from PIL import Image
 
 from models_core.images import from_uint8
+from service.admission import Admission
 from service.body_limit import BodyLimitMiddleware
 from service.errors import install_error_handlers
 from service.guard import RequestGuard
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     app.add_middleware(RequestGuard, timeout=settings.request_timeout_s)
+    app.add_middleware(Admission, pace=settings.shed_pace_ms / 1000)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees the 413s and 504s too
     app.include_router(images.router)
     app.include_router(meta.router)

@@ -1,7 +1,11 @@
 """Dynamic batching: concurrent decode requests for one model version share a forward pass."""
 
 import asyncio
+import collections
 import contextlib
+import math
+import threading
+import time
 from concurrent.futures import Executor
 from typing import Callable
 
@@ -9,7 +13,10 @@ import torch
 
 
 class QueueFull(Exception):
-    """The model's queue is at its bound; the caller answers 503 with Retry-After."""
+    """Admitting these rows would queue more work than the bound; the caller answers 503."""
+
+    def __init__(self, retry_after: int):
+        self.retry_after = retry_after
 
 
 class Retired(Exception):
@@ -22,101 +29,170 @@ class DecodeBatcher:
     `max_batch` rows), plus what arrives within `max_wait` seconds: with max_wait 0 (the default)
     a request alone is decoded at once, and under load batches form by themselves.
 
+    The executor thread takes the next batch itself, without waiting for the event loop: under
+    overload the loop is busy turning requests away, and a batcher that needed a turn of the loop
+    between passes would leave the model idle while the loop is busiest.  After each pass the
+    drain queues itself again behind the executor's other work, so models sharing the thread take
+    turns.
+
     Every row taken is either decoded or failed with Retired; none is left waiting. Rows whose
     request has gone (its future cancelled: the client disconnected or its deadline passed) are
     dropped before the forward pass and counted by `on_drop`.
+
+    Admission is by rows, not requests: rows are admitted while the rows already pending (queued,
+    being decoded, or reserved by `admit` for other work on the inference thread) would be done
+    within `max_queue_s` at the rate recent forward passes ran, and always when nothing is pending,
+    so a large request is never refused by an idle model. Once a request is refused the model is
+    `saturated` until its backlog falls below 90% of the budget: near the bound, requests would
+    otherwise flip between admitted and refused, and every one would be routed, validated and
+    sampled before being refused.
     """
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], executor: Executor, max_batch: int,
-                 max_wait: float, queue_size: int, on_batch: Callable[[int], None] = lambda n: None,
+                 max_wait: float, max_queue_s: float, on_batch: Callable[[int], None] = lambda n: None,
                  on_drop: Callable[[int], None] = lambda n: None):
         self.forward, self.executor, self.max_batch, self.max_wait = forward, executor, max_batch, max_wait
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize=queue_size)
+        self.max_queue_s = max_queue_s
         self.on_batch, self.on_drop = on_batch, on_drop
-        self.taken: list = []  # items the worker holds between the queue and their answer
+        self.loop = asyncio.get_running_loop()
+        self.items: collections.deque = collections.deque()  # (latents, future): appended on the loop, taken by the thread
+        self.arrived = threading.Condition()  # guards items, taken, draining and stopped
+        self.taken: list[asyncio.Future] = []  # what the thread holds between the queue and its answer
+        self.draining = False  # a drain is queued on or running in the executor
         self.stopped = False
-        self.worker = asyncio.get_running_loop().create_task(self.run())
+        self.pending_rows = 0  # admitted rows whose requests are still waiting for them (loop only)
+        self.rows_per_s: float | None = None  # moving average over recent forward passes
+        self.refusing = False  # refused a request and the backlog has not yet fallen below 90% of the budget
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize()
+        return len(self.items)
 
     @property
     def idle(self) -> bool:
-        return not self.taken and self.queue.empty()
+        return not self.draining and not self.items
 
-    async def decode(self, z: torch.Tensor) -> torch.Tensor:
+    @property
+    def row_budget(self) -> int:
+        """Rows that may be pending: what recent passes decode in max_queue_s, at least one full batch."""
+        if self.rows_per_s is None:
+            return self.max_batch
+        return max(self.max_batch, int(self.rows_per_s * self.max_queue_s))
+
+    @property
+    def saturated(self) -> bool:
+        """Refusing every request until the backlog has fallen below 90% of the budget."""
+        if self.refusing and self.pending_rows < 0.9 * self.row_budget:
+            self.refusing = False
+        return self.refusing or self.pending_rows >= self.row_budget
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.pending_rows / (self.rows_per_s or self.max_batch)))
+
+    @contextlib.contextmanager
+    def admit(self, rows: int):
+        """Hold `rows` of this model's budget for the block, or raise QueueFull at once."""
         if self.stopped:
             raise Retired
-        future = asyncio.get_running_loop().create_future()
+        if self.pending_rows and (self.saturated or self.pending_rows + rows > self.row_budget):
+            self.refusing = True
+            raise QueueFull(self.retry_after())
+        self.pending_rows += rows
         try:
-            self.queue.put_nowait((z, future))
-        except asyncio.QueueFull:
-            raise QueueFull from None
-        return await future
+            yield
+        finally:
+            self.pending_rows -= rows
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def decode(self, z: torch.Tensor) -> torch.Tensor:
+        with self.admit(len(z)):
+            future = self.loop.create_future()
+            with self.arrived:
+                self.items.append((z, future))
+                self.arrived.notify()
+                start, self.draining = not self.draining, True
+            if start:
+                self.executor.submit(self.drain)
+            return await future
+
+    def drain(self) -> None:
+        """On the executor: decode one batch, then queue again while rows remain."""
+        batch = self.take()
+        if batch:
+            self.decode_batch(batch)
+        with self.arrived:
+            self.taken = []
+            if not self.items or self.stopped:
+                self.draining = False
+                return
         try:
-            while True:
-                self.taken = [await self.queue.get()]
-                rows = len(self.taken[0][0])
-                deadline = loop.time() + self.max_wait
-                while rows < self.max_batch:
-                    try:  # whatever queued up while the last forward pass ran joins this one
-                        item = self.queue.get_nowait()
-                    except asyncio.QueueEmpty:
-                        if deadline <= loop.time():
-                            break
-                        try:
-                            item = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
-                        except TimeoutError:
-                            break
-                    self.taken.append(item)
-                    rows += len(item[0])
-                await self.decode_taken(loop)
-                self.taken = []
-        finally:  # cancelled: whatever was taken or is still queued is answered, never dropped silently
-            self.stopped = True
-            self.fail_all(Retired())
+            self.executor.submit(self.drain)
+        except RuntimeError:  # the executor is shut down: the server is stopping
+            with self.arrived:
+                self.draining = False
 
-    async def decode_taken(self, loop) -> None:
-        live = [(z, f) for z, f in self.taken if not f.done()]
-        dropped = sum(len(z) for z, f in self.taken if f.cancelled())
+    def take(self) -> list:
+        with self.arrived:
+            batch, rows = [], 0
+            deadline = time.monotonic() + self.max_wait
+            while rows < self.max_batch and not self.stopped:
+                if self.items:  # whatever queued up while the last forward pass ran joins this one
+                    batch.append(self.items.popleft())
+                    rows += len(batch[-1][0])
+                else:
+                    remaining = deadline - time.monotonic()
+                    if not batch or remaining <= 0 or not self.arrived.wait(remaining):
+                        break
+            self.taken = [future for _, future in batch]
+            return batch
+
+    def decode_batch(self, batch: list) -> None:
+        live = [(z, f) for z, f in batch if not f.done()]
+        dropped = sum(len(z) for z, f in batch if f.cancelled())
         if dropped:
             self.on_drop(dropped)
         if not live:
             return
+        rows = sum(len(z) for z, _ in live)
         try:
-            out = await loop.run_in_executor(self.executor, self.forward, torch.cat([z for z, _ in live]))
-            self.on_batch(sum(len(z) for z, _ in live))
-            for (z, future), images in zip(live, out.split([len(z) for z, _ in live])):
-                if not future.done():
-                    future.set_result(images)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a failed forward fails its requests, not the worker
-            for _, future in live:
-                if not future.done():
-                    future.set_exception(e)
+            start = time.perf_counter()
+            out = self.forward(torch.cat([z for z, _ in live]))
+            rate = rows / max(time.perf_counter() - start, 1e-6)
+            self.rows_per_s = rate if self.rows_per_s is None else 0.8 * self.rows_per_s + 0.2 * rate
+            self.on_batch(rows)
+            answers = [(f, images) for (_, f), images in zip(live, out.split([len(z) for z, _ in live]))]
+            self.call_on_loop(answer, answers)
+        except Exception as e:  # a failed forward fails its requests, not the batcher
+            self.call_on_loop(fail, [f for _, f in live], e)
 
-    def fail_all(self, error: Exception) -> None:
-        items, self.taken = self.taken, []
-        while not self.queue.empty():
-            items.append(self.queue.get_nowait())
-        for _, future in items:
-            if not future.done():
-                future.set_exception(error)
+    def call_on_loop(self, fn, *args) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def stop(self) -> None:
+        """Refuse new rows and fail every row not yet answered with Retired (on the loop)."""
+        with self.arrived:
+            self.stopped = True
+            left = [f for _, f in self.items] + self.taken
+            self.items.clear()
+            self.arrived.notify_all()
+        fail(left, Retired())
 
     async def retire(self, in_use: Callable[[], bool] = lambda: False, grace: float = 30.0) -> None:
         """Stop once nothing is queued, taken or `in_use` (requests still holding this version may
         decode until then). Past `grace` seconds, stop anyway: what is left fails with Retired."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while (not self.idle or in_use()) and loop.time() < deadline:
+        deadline = self.loop.time() + grace
+        while (not self.idle or in_use()) and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
-        self.worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.worker
-        self.stopped = True  # also when the worker was cancelled before it first ran
-        self.fail_all(Retired())
+        self.stop()
+
+
+def answer(answers: list[tuple[asyncio.Future, torch.Tensor]]) -> None:
+    for future, images in answers:
+        if not future.done():
+            future.set_result(images)
+
+
+def fail(futures: list[asyncio.Future], error: Exception) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)

@@ -1,5 +1,6 @@
 """Prometheus metrics, in a registry of the app's own (so several apps can live in one process)."""
 
+import re
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -33,8 +34,12 @@ class ServiceMetrics:
         self.rows_dropped.labels(model).inc(rows)
 
 
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+
+
 class RequestMetricsMiddleware:
-    """Counts and times every HTTP request by route template, model and status.
+    """Counts and times every HTTP request by route template, model and status, and echoes a
+    client's X-Request-ID (up to 64 of [A-Za-z0-9._:-]) so it can match answers to requests.
 
     Plain ASGI rather than @app.middleware("http"): that wrapper costs about a millisecond of CPU
     per request, which on a small CPU box is a tenth of a one-face /sample.
@@ -47,18 +52,21 @@ class RequestMetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), None
+        request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
 
         async def send_observed(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if request_id is not None and REQUEST_ID.fullmatch(request_id):
+                    message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
             await send(message)
 
         try:
             await self.app(scope, receive, send_observed)
         finally:
-            endpoint = getattr(scope.get("route"), "path", "unmatched")
             state = scope.get("state", {})
+            endpoint = getattr(scope.get("route"), "path", None) or state.get("endpoint", "unmatched")
             model = state.get("model", "")  # set by the routes via request.state
             if status is None:  # nothing was sent: the client went away (nginx's 499), or the app failed
                 status = 499 if state.get("client_gone") else 500

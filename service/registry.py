@@ -15,7 +15,7 @@ from models_core.latent import PcaBasis
 from models_core.precision import Precision, choose_precision
 from service.batching import DecodeBatcher
 from service.errors import ApiError
-from service.inference import compile_decoder, run_inference
+from service.inference import compile_decoder, decode_images, run_inference
 from service.memory import release_memory
 from service.settings import Settings
 
@@ -96,6 +96,10 @@ class ModelRegistry:
         self.autocast = self.precision.autocast(self.device)
         log.info("computing in %s on %s: %s", self.precision.name, self.device, self.precision.reason)
 
+    def default_model(self) -> str:
+        """The model a request without `model=` gets: the GAN if served, else the VAE, the AE, the first by name."""
+        return next((n for n in ("gan", "vae", "ae") if n in self.latest), next(iter(sorted(self.latest)), "gan"))
+
     def names(self) -> list[str]:
         names = self.settings.models if self.settings.models is not None else self.store.models()
         return [n for n in names if MODEL_NAME_RE.match(n)]
@@ -125,8 +129,8 @@ class ModelRegistry:
             # Off the inference thread: the models being served keep answering while this one compiles.
             forward = await loop.run_in_executor(self.loader, compile_decoder, ckpt.model, self.device, self.autocast,
                                                  f"{name} v{version}")
-        decode = functools.partial(run_inference, forward, device=self.device, autocast=self.autocast)
-        batcher = DecodeBatcher(decode, self.executor, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
+        decode = functools.partial(decode_images, forward, device=self.device, autocast=self.autocast)
+        batcher = DecodeBatcher(decode, self.executor, s.max_batch, s.max_wait_ms / 1000, s.max_queue_s,
                                 on_batch=lambda n: self.on_batch(name, n), on_drop=lambda n: self.on_drop(name, n))
         return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.precision)
 

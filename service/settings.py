@@ -17,12 +17,19 @@ class Settings(BaseSettings):
                                                            "(CUDA GPUs that support it, CPUs with AVX512-BF16 or AMX), fp32 elsewhere")
     compile: bool = Field(False, description="torch.compile each decoder as it loads: a slower start (~10 s per "
                           "model on a CPU, which needs a C++ compiler), faster forward passes")
+    access_log: bool = Field(False, description="one log line per request; /metrics counts requests by route, "
+                             "model and status either way, and under load the lines cost CPU the models could use")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_batch: int = Field(256, ge=1, description="most images decoded in one forward pass")
     max_wait_ms: float = Field(0.0, ge=0, description="how long a request waits for others to batch with; at 0 a "
                                "batch is what queued up during the previous forward pass, and a lone request never waits")
-    queue_size: int = Field(64, ge=1, description="pending requests per model before answering 503")
+    max_queue_s: float = Field(1.0, ge=0, description="admission: a request is admitted while the work already "
+                               "queued for its model (rows, at the rate recent forward passes ran) would be done within "
+                               "this many seconds, otherwise answered 503 with Retry-After at once")
+    shed_pace_ms: float = Field(100.0, ge=0, description="while a model can admit nothing more, requests for it "
+                                "get their 503 after this pause, so that clients retrying at once cannot keep the CPU "
+                                "busy with refusals")
     poll_seconds: float = Field(5.0, gt=0, description="how often the checkpoint root is checked for new versions")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_upload_pixels: int = Field(4096 * 4096, ge=1)

@@ -8,7 +8,7 @@ import torch
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 
 from models_core.checkpoint import MODEL_NAME_RE, PRIORS
-from models_core.images import ImageDecodeError, decode_image
+from models_core.images import ImageDecodeError, decode_image, to_uint8
 from models_core.latent import interpolation_path, latent_sweep
 from service.batching import QueueFull, Retired
 from service.errors import ApiError
@@ -32,7 +32,7 @@ async def served_model(
     version: Annotated[int | None, Query(ge=1, le=10**9, description="model version (default: latest)", examples=[1])] = None,
 ) -> AsyncIterator[ServedModel]:
     registry: ModelRegistry = request.app.state.registry
-    name = model or next((n for n in ("gan", "vae", "ae") if n in registry.latest), next(iter(sorted(registry.latest)), "gan"))
+    name = model or registry.default_model()
     served = await registry.get(name, version)
     request.state.model = name  # only now: a metric label never comes from an unknown name
     request.state.pinned = version is not None
@@ -69,11 +69,21 @@ def prior_latents(served: ServedModel, n: int, seed: int, temperature: float = 1
 async def decode(served: ServedModel, z: torch.Tensor) -> torch.Tensor:
     try:
         return await served.batcher.decode(z)
-    except QueueFull:
-        raise ApiError(503, f"model {served.name!r} is busy", "retry shortly", headers={"Retry-After": "1"}) from None
+    except QueueFull as e:
+        raise busy(served, e) from None
     except Retired:
-        raise ApiError(503, f"{served.name} v{served.version} was just retired", "retry: the request will be served "
-                       "by the version now being served", headers={"Retry-After": "1"}) from None
+        raise retired(served) from None
+
+
+def busy(served: ServedModel, e: QueueFull) -> ApiError:
+    return ApiError(503, f"model {served.name!r} is busy", f"more work is queued than it does in "
+                    f"{served.batcher.max_queue_s:g} s; retry after {e.retry_after} s",
+                    headers={"Retry-After": str(e.retry_after)})
+
+
+def retired(served: ServedModel) -> ApiError:
+    return ApiError(503, f"{served.name} v{served.version} was just retired", "retry: the request will be served "
+                    "by the version now being served", headers={"Retry-After": "1"})
 
 
 async def render(request: Request, served: ServedModel, params: dict, seed: int | None, nrow: int,
@@ -247,15 +257,23 @@ async def read_faces(request: Request, files: list[UploadFile], size: int) -> to
 
 
 async def embed(request: Request, served: ServedModel, faces: torch.Tensor) -> torch.Tensor:
+    """Encode on the inference thread; the faces count against the model's admission budget like rows to decode."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(request.app.state.registry.executor, served.embed, faces)
+    try:
+        with served.batcher.admit(len(faces)):
+            return await loop.run_in_executor(request.app.state.registry.executor, served.embed, faces)
+    except QueueFull as e:
+        raise busy(served, e) from None
+    except Retired:
+        raise retired(served) from None
 
 
 def originals_over_reconstructions(faces: torch.Tensor, recon: torch.Tensor, width: int = 8) -> tuple[torch.Tensor, int]:
-    """Rows of up to `width` originals, each followed by the row of their reconstructions."""
+    """Rows of up to `width` originals, each followed by the row of their reconstructions (uint8)."""
     width = min(width, len(faces))
     pad = (-len(faces)) % width
-    blank = torch.ones(pad, *faces.shape[1:])
+    faces = to_uint8(faces)
+    blank = torch.full((pad, *faces.shape[1:]), 255, dtype=torch.uint8)
     faces, recon = torch.cat([faces, blank]), torch.cat([recon, blank])
     rows = [t for i in range(0, len(faces), width) for t in (faces[i : i + width], recon[i : i + width])]
     return torch.cat(rows), width

@@ -22,7 +22,7 @@ HANG = 5.0  # a future still pending after this long is a request that would han
 
 
 def batcher(forward=lambda z: z, **kwargs) -> DecodeBatcher:
-    return DecodeBatcher(forward, ThreadPoolExecutor(1), **{"max_batch": 64, "max_wait": 0.0, "queue_size": 8, **kwargs})
+    return DecodeBatcher(forward, ThreadPoolExecutor(1), **{"max_batch": 64, "max_wait": 0.0, "max_queue_s": 1.0, **kwargs})
 
 
 def test_rows_taken_while_collecting_a_batch_are_answered_when_retired():

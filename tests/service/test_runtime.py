@@ -48,29 +48,56 @@ def test_concurrent_requests_are_batched_and_identical_to_single_ones(served_sto
     assert metric(text, 'facegen_batch_rows_sum{model="vae"}') == 33
 
 
-def test_batcher_bounds_its_queue():
+def test_batcher_admits_by_rows_not_requests():
     async def body():
         def slow(z):
             time.sleep(0.3)
             return z
 
-        batcher = DecodeBatcher(slow, ThreadPoolExecutor(1), max_batch=1, max_wait=0, queue_size=2)
+        # Before any pass has been timed the budget is one full batch: 4 rows.
+        batcher = DecodeBatcher(slow, ThreadPoolExecutor(1), max_batch=4, max_wait=0, max_queue_s=0)
         first = asyncio.ensure_future(batcher.decode(torch.zeros(1, 2)))
-        await asyncio.sleep(0.05)  # the worker takes it and blocks in forward
-        queued = [asyncio.ensure_future(batcher.decode(torch.ones(1, 2))) for _ in range(2)]
+        await asyncio.sleep(0.05)  # the worker takes it and blocks in forward: 1 row pending
+        queued = [asyncio.ensure_future(batcher.decode(torch.ones(1, 2))) for _ in range(3)]
         await asyncio.sleep(0)
-        with pytest.raises(QueueFull):
+        assert batcher.pending_rows == 4
+        with pytest.raises(QueueFull):  # one more row is over the budget
             await batcher.decode(torch.ones(1, 2))
         results = await asyncio.gather(first, *queued)
-        await batcher.retire()
-        return results
+        assert batcher.pending_rows == 0
 
-    results = asyncio.run(body())
-    assert [r.sum().item() for r in results] == [0, 2, 2]
+        big = asyncio.ensure_future(batcher.decode(torch.ones(3, 2)))  # idle: admitted whatever its size
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFull):  # 3 pending + 2 > 4: refused, though it is only the second request
+            await batcher.decode(torch.ones(2, 2))
+        small = await batcher.decode(torch.ones(1, 2))  # 3 + 1 fits
+        await big
+        await batcher.retire()
+        return results, small
+
+    results, small = asyncio.run(body())
+    assert [r.sum().item() for r in results] == [0, 2, 2, 2] and small.sum().item() == 2
+
+
+def test_the_row_budget_follows_the_measured_decode_rate():
+    async def body():
+        def forward(z):
+            time.sleep(0.05)
+            return z
+
+        batcher = DecodeBatcher(forward, ThreadPoolExecutor(1), max_batch=2, max_wait=0, max_queue_s=2.0)
+        for _ in range(5):
+            await batcher.decode(torch.ones(20, 2))  # 20 rows in ~50 ms: ~400 rows/s
+        await batcher.retire()
+        return batcher
+
+    batcher = asyncio.run(body())
+    assert 100 < batcher.rows_per_s <= 400
+    assert batcher.row_budget == int(batcher.rows_per_s * 2.0)
 
 
 def test_full_queue_answers_503_with_retry_after(served_store):
-    app = create_app(make_settings(served_store, queue_size=1, max_wait_ms=0, cache_mb=0))
+    app = create_app(make_settings(served_store, max_batch=1, max_queue_s=0, max_wait_ms=0, cache_mb=0))
 
     async def body(client):
         served = app.state.registry.latest["gan"]
@@ -81,7 +108,59 @@ def test_full_queue_answers_503_with_retry_after(served_store):
     responses = asyncio.run(with_app(app, body))
     busy = [r for r in responses if r.status_code == 503]
     assert busy and any(r.status_code == 200 for r in responses)
-    assert busy[0].headers["retry-after"] == "1" and "busy" in busy[0].json()["error"]
+    assert int(busy[0].headers["retry-after"]) >= 1 and "busy" in busy[0].json()["error"]
+
+
+def test_a_saturated_model_is_refused_before_routing_and_others_still_served(served_store, monkeypatch):
+    app = create_app(make_settings(served_store, shed_pace_ms=0))
+    sampled = []
+
+    async def body(client):
+        gan = app.state.registry.latest["gan"].batcher
+        gan.pending_rows, gan.refusing = gan.row_budget, True  # as if the budget were spent by queued work
+        import service.routes.images as images
+
+        original = images.prior_latents
+        monkeypatch.setattr(images, "prior_latents", lambda *a, **k: (sampled.append(1), original(*a, **k))[1])
+        busy = await client.get("/sample?n=1", headers={"X-Request-ID": "req-7"})  # gan is the default model
+        pinned_busy = await client.get("/latent-grid?model=gan&version=1")
+        other = await client.get("/sample?model=vae&n=1")
+        unknown = await client.get("/sample?model=nope")
+        gan.pending_rows = 0  # the backlog drained: served again
+        again = await client.get("/sample?model=gan&n=1")
+        return busy, pinned_busy, other, unknown, again, (await client.get("/metrics")).text
+
+    busy, pinned_busy, other, unknown, again, metrics = asyncio.run(with_app(app, body))
+    assert busy.status_code == pinned_busy.status_code == 503
+    assert "busy" in busy.json()["error"] and int(busy.headers["retry-after"]) >= 1
+    assert busy.headers["x-request-id"] == "req-7"
+    assert other.status_code == 200 and unknown.status_code == 404 and again.status_code == 200
+    assert len(sampled) == 2  # the refused requests never reached the route
+    assert metric(metrics, 'facegen_requests_total{endpoint="/sample",model="gan",status="503"}') == 1
+
+
+def test_refusals_last_until_the_backlog_falls_below_90_percent():
+    async def body():
+        b = DecodeBatcher(lambda z: z, ThreadPoolExecutor(1), max_batch=10, max_wait=0, max_queue_s=0)
+        b.pending_rows = 8
+        with pytest.raises(QueueFull):
+            with b.admit(3):  # 8 + 3 > 10
+                pass
+        b.pending_rows = 9
+        with pytest.raises(QueueFull):  # 9 + 1 would fit, but the model is refusing until below 9
+            with b.admit(1):
+                pass
+        b.pending_rows = 8
+        with b.admit(1):
+            assert b.pending_rows == 9
+        await b.retire()
+
+    asyncio.run(body())
+
+
+def test_request_ids_are_echoed_only_when_well_formed(client):
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-1.2:3"}).headers["x-request-id"] == "abc-1.2:3"
+    assert "x-request-id" not in client.get("/healthz", headers={"X-Request-ID": "a\tb" + "x" * 80}).headers
 
 
 def test_new_versions_are_picked_up_and_corrupt_ones_refused(served_store, tmp_path, caplog):
@@ -136,7 +215,7 @@ def test_without_a_wait_a_lone_request_goes_at_once_and_a_queue_batches_itself()
             time.sleep(0.2)
             return z
 
-        batcher = DecodeBatcher(slow, ThreadPoolExecutor(1), max_batch=64, max_wait=0, queue_size=16)
+        batcher = DecodeBatcher(slow, ThreadPoolExecutor(1), max_batch=64, max_wait=0, max_queue_s=1)
         first = asyncio.ensure_future(batcher.decode(torch.zeros(1, 2)))
         await asyncio.sleep(0.05)
         assert sizes == [1]  # decoding already: nobody waited for company

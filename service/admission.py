@@ -1,0 +1,52 @@
+"""Turning requests away before they cost anything, when their model can take nothing more.
+
+The routes admit each request by the rows it brings (DecodeBatcher.admit). This middleware runs
+first: while a model's budget is already spent, a request for it gets its 503 before routing,
+validation or sampling, so turning clients away stays cheap. The 503 is held for `pace`
+seconds (no CPU, only a sleeping task): clients that retry at once, as load generators and naive
+retry loops do, otherwise keep the event loop busy with refusals and take the cores the
+admitted requests are decoding on.
+"""
+
+import asyncio
+import json
+from urllib.parse import parse_qs
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+DECODING_ROUTES = frozenset({"/sample", "/interpolate", "/reconstruct", "/pca-grid", "/pca-point", "/latent-grid"})
+
+
+class Admission:
+    def __init__(self, app: ASGIApp, pace: float):
+        self.app, self.pace = app, pace
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in DECODING_ROUTES:
+            served = self.saturated_model(scope)
+            if served is not None:
+                scope.setdefault("state", {}).update(model=served.name, endpoint=scope["path"])
+                return await self.busy(served, send)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def saturated_model(scope: Scope):
+        registry = getattr(scope["app"].state, "registry", None)
+        if registry is None:
+            return None
+        query = parse_qs(scope["query_string"].decode("latin-1"))
+        served = registry.latest.get(query.get("model", [None])[0] or registry.default_model())
+        if served is None or query.get("version", [str(served.version)])[0] != str(served.version):
+            return None  # unknown models and older versions: the route answers
+        return served if served.batcher.saturated else None
+
+    async def busy(self, served, send: Send) -> None:
+        batcher = served.batcher
+        body = json.dumps({"error": f"model {served.name!r} is busy",
+                           "detail": f"more work is queued than it does in {batcher.max_queue_s:g} s; "
+                                     f"retry after {batcher.retry_after()} s"}).encode()
+        await asyncio.sleep(self.pace)
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"retry-after", str(batcher.retry_after()).encode())]})
+        await send({"type": "http.response.body", "body": body})
