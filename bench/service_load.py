@@ -68,13 +68,6 @@ def build_app(checkpoint_root: str):
             grid = basis.grid(0, 1, 3.0, steps).reshape(steps * steps, -1) - basis.mean + z0
             return png(net.decode(grid))
 
-    @app.get("/renice")
-    async def renice(nice: int = 10, switch: float = 0.005):
-        import threading
-        sys.setswitchinterval(switch)
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        return {"ok": nice}
-
     return app
 
 
@@ -179,6 +172,7 @@ def overload_round(url: str, path: str, concurrency: int, seconds: float) -> dic
     """wrk at `concurrency`, each answer timed by its X-Request-ID: 200s and 503s apart."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(OVERLOAD_SCRIPT % (path, random.getrandbits(36)))
+    # wrk at the lowest priority: under overload it would otherwise take CPU from the server it measures.
     out = subprocess.run(["nice", "-n", "19", "wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "120s", "-s", f.name, url],
                          capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
@@ -208,8 +202,6 @@ def overload(url: str, pid: int, path: str, seconds: float, rounds: int, high: i
     for c in (4, 8):
         r = overload_round(url, path, c, seconds)
         print(f"  c={c:<4d}  good {r['good_rps']:7.1f}/s  p50 {r['good_p50_ms']:7.1f}  p99 {r['good_p99_ms']:7.1f} ms")
-    if os.environ.get("RENICE"):
-        print(httpx.get(url + "/renice?" + os.environ["RENICE"]).json())
     rss0 = rss_mb(pid)
     peak = overload_round(url, path, 16, seconds)
     print(f"  c=16    good {peak['good_rps']:7.1f}/s  p50 {peak['good_p50_ms']:7.1f}  p99 {peak['good_p99_ms']:7.1f} ms   "
