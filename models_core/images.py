@@ -26,6 +26,10 @@ class ImageDecodeError(ValueError):
     """An upload that cannot become a model input; the message says why."""
 
 
+class UnsupportedImage(ImageDecodeError):
+    """Not a format this reads (PNG, JPEG, WebP) at all, as opposed to a damaged or oversized one."""
+
+
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """(..., C, H, W) floats in [-1, 1] -> uint8 in [0, 255] on the CPU; values outside are clipped."""
     return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
@@ -101,7 +105,7 @@ def open_image(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int =
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"the image is too large to decode safely: {e}") from None
     except Image.UnidentifiedImageError:
-        raise ImageDecodeError("the file is not an image this server reads: send PNG, JPEG or WebP") from None
+        raise UnsupportedImage("the file is not an image this server reads: send PNG, JPEG or WebP") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"the image is truncated or corrupt: {e}") from None
 

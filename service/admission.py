@@ -9,10 +9,11 @@ admitted requests are decoding on.
 """
 
 import asyncio
-import json
 from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.errors import send_error
 
 DECODING_ROUTES = frozenset({"/sample", "/interpolate", "/reconstruct", "/pca-grid", "/pca-point", "/latent-grid"})
 
@@ -41,12 +42,8 @@ class Admission:
         return served if served.batcher.saturated else None
 
     async def busy(self, served, send: Send) -> None:
-        batcher = served.batcher
-        body = json.dumps({"error": f"model {served.name!r} is busy",
-                           "detail": f"more work is queued than it does in {batcher.max_queue_s:g} s; "
-                                     f"retry after {batcher.retry_after()} s"}).encode()
         await asyncio.sleep(self.pace)
-        await send({"type": "http.response.start", "status": 503,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"retry-after", str(batcher.retry_after()).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        batcher = served.batcher
+        await send_error(send, 503, f"model {served.name!r} is busy", f"more work is queued than it does in "
+                         f"{batcher.max_queue_s:g} s; retry after {batcher.retry_after()} s",
+                         [(b"retry-after", str(batcher.retry_after()).encode())])

@@ -14,8 +14,9 @@ from PIL import Image
 from models_core.images import from_uint8
 from service.admission import Admission
 from service.body_limit import BodyLimitMiddleware
-from service.errors import install_error_handlers
+from service.errors import error_responses, install_error_handlers
 from service.guard import RequestGuard
+from service.methods import AllowedMethods
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.registry import ModelRegistry
 from service.responses import PngCache
@@ -26,7 +27,9 @@ log = logging.getLogger("facegen.service")
 
 DESCRIPTION = """Sample, reconstruct, interpolate and explore faces from autoencoder, VAE and DCGAN
 models. Image endpoints return PNG grids; the same request against the same version returns the
-same bytes. Errors are JSON: `{"error": ..., "detail": ...}`."""
+same bytes. Errors are JSON: `{"error": ..., "detail": ...}` (with `problems` for invalid parameters).
+A 503 carries Retry-After. A model that cannot do what is asked (no encoder, no PCA basis, fewer
+latent dimensions than asked) answers 409; /models says what each model has."""
 
 
 def bundled_faces() -> torch.Tensor:
@@ -65,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await poller
         await registry.close()
 
-    app = FastAPI(title="facegen", description=DESCRIPTION, version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="facegen", description=DESCRIPTION, version="0.1.0", lifespan=lifespan,
+                  responses=error_responses(413, 504))  # any route: a body where none is taken, the deadline
     app.state.settings, app.state.metrics = settings, metrics
     app.state.cache = PngCache(int(settings.cache_mb * 2**20))
     app.state.faces = bundled_faces()
@@ -73,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     app.add_middleware(RequestGuard, timeout=settings.request_timeout_s)
     app.add_middleware(Admission, pace=settings.shed_pace_ms / 1000)
+    app.add_middleware(AllowedMethods)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees the 413s and 504s too
     app.include_router(images.router)
     app.include_router(meta.router)

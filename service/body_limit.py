@@ -1,8 +1,8 @@
 """Refuse request bodies over their route's limit before the multipart parser spools them to disk."""
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import send_error
 
 
 class BodyTooLarge(Exception):
@@ -54,7 +54,4 @@ class BodyLimitMiddleware:
 
     async def reject(self, send: Send, limit: int) -> None:
         detail = f"this route takes at most {limit:,} bytes" if limit else "this route takes no request body"
-        body = json.dumps({"error": "request body too large", "detail": detail}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, "request body too large", detail)

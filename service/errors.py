@@ -1,13 +1,56 @@
 """Client errors as JSON: {"error": what was wrong, "detail": what is allowed}. Never a 500 for bad input."""
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.types import Send
+
+
+class Problem(BaseModel):
+    parameter: str = Field(description="the query parameter or upload field at fault")
+    problem: str
+
+
+class ErrorBody(BaseModel):
+    """Every error this API answers has this body."""
+
+    error: str = Field(description="what was wrong")
+    detail: str | None = Field(None, description="what is allowed, or what to do next")
+    problems: list[Problem] | None = Field(None, description="with 422 for invalid parameters: each one at fault")
+
+
+ERRORS = {
+    404: "no such model, or no such version of it (or that version failed verification and is not served)",
+    409: "valid, but the model asked for cannot do it: it has no encoder, no stored PCA basis, no fitted prior, or "
+         "fewer latent dimensions or principal components than asked for (/models says what each model has)",
+    413: "the request body is over this route's limit (routes without uploads take no body)",
+    415: "an upload is not an image this server reads: send PNG, JPEG or WebP",
+    422: "invalid parameters, parameters that contradict each other, or an upload that cannot be decoded",
+    503: "the model is busy or its version was just retired: retry after Retry-After seconds",
+    504: "not answered within the server-side deadline; the request's work was dropped",
+}
+
+
+def error_responses(*statuses: int) -> dict:
+    """OpenAPI `responses` entries for these statuses, each with the real error body."""
+    return {status: {"model": ErrorBody, "description": ERRORS[status]} for status in statuses}
 
 
 class ApiError(Exception):
     def __init__(self, status: int, error: str, detail: str | None = None, headers: dict[str, str] | None = None):
         self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+async def send_error(send: Send, status: int, error: str, detail: str | None = None,
+                     headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """An ErrorBody answer from ASGI middleware, where FastAPI's handlers do not reach."""
+    body = json.dumps({"error": error} | ({"detail": detail} if detail else {})).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def install_error_handlers(app: FastAPI) -> None:

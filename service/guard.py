@@ -8,9 +8,9 @@ it when (a) the client disconnects, so its queued rows are dropped before they a
 
 import asyncio
 import contextlib
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import send_error
 
 
 def has_body(scope: Scope) -> bool:
@@ -85,9 +85,5 @@ class RequestGuard:
                     t.cancel()
 
     async def timed_out(self, send: Send) -> None:
-        body = json.dumps({"error": "request timed out",
-                           "detail": f"not answered within the server's {self.timeout:g} s deadline; retry later"}).encode()
-        await send({"type": "http.response.start", "status": 504,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"retry-after", b"1")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 504, "request timed out", f"not answered within the server's {self.timeout:g} s "
+                         "deadline; retry later", [(b"retry-after", b"1")])

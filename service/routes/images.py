@@ -8,15 +8,19 @@ import torch
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 
 from models_core.checkpoint import MODEL_NAME_RE, PRIORS
-from models_core.images import ImageDecodeError, decode_image, to_uint8
+from models_core.images import ImageDecodeError, UnsupportedImage, decode_image, to_uint8
 from models_core.latent import interpolation_path, latent_sweep
 from service.batching import QueueFull, Retired
-from service.errors import ApiError
+from service.errors import ApiError, error_responses
 from service.registry import ModelRegistry, ServedModel
 from service.responses import IMMUTABLE, REVALIDATE, etag_for, grid_png, identity_headers, not_modified, png_response
 
 router = APIRouter(tags=["images"])
-PNG = {200: {"content": {"image/png": {}}, "description": "a PNG grid"}, 304: {"description": "not modified (ETag)"}}
+PNG = {200: {"content": {"image/png": {}}, "description": "a PNG grid"}}
+NOT_MODIFIED = {304: {"description": "not modified: If-None-Match names this response's ETag"}}
+GET_PNG = PNG | NOT_MODIFIED | error_responses(404, 422, 503)  # every GET image route
+GET_PNG_409 = GET_PNG | error_responses(409)  # ... that a model may be unable to answer
+UPLOAD_PNG = PNG | error_responses(404, 409, 413, 415, 422, 503)
 
 Seed = Annotated[int, Query(ge=0, le=2**63 - 1, description="seed of the latents; same seed, same faces", examples=[0])]
 Nrow = Annotated[int | None, Query(ge=1, le=64, description="images per row (default: a square-ish grid)", examples=[8])]
@@ -63,7 +67,7 @@ def prior_latents(served: ServedModel, n: int, seed: int, temperature: float = 1
     try:
         return served.checkpoint.sample_latents(n, torch.Generator().manual_seed(seed), temperature, prior)
     except ValueError as e:
-        raise ApiError(422, f"prior={prior} is not available for {served.name}", str(e)) from None
+        raise ApiError(409, f"prior={prior} is not available for {served.name}", str(e)) from None
 
 
 async def decode(served: ServedModel, z: torch.Tensor) -> torch.Tensor:
@@ -107,7 +111,7 @@ def square_nrow(n: int) -> int:
     return math.ceil(math.sqrt(n))
 
 
-@router.get("/sample", responses=PNG, response_class=Response)
+@router.get("/sample", responses=GET_PNG_409, response_class=Response)
 async def sample(
     request: Request, served: ServedDep, seed: Seed = 0, nrow: Nrow = None,
     n: Annotated[int, Query(ge=1, le=256, description="number of faces", examples=[64])] = 64,
@@ -122,7 +126,7 @@ async def sample(
     return await render(request, served, params, seed, nrow or square_nrow(n), lambda: z)
 
 
-@router.get("/interpolate", responses=PNG, response_class=Response)
+@router.get("/interpolate", responses=GET_PNG, response_class=Response)
 async def interpolate(
     request: Request, served: ServedDep, seed_a: Seed = 0,
     seed_b: Annotated[int, Query(ge=0, le=2**63 - 1, description="seed of the end points", examples=[1])] = 1,
@@ -140,7 +144,7 @@ async def interpolate(
     return await render(request, served, params, seed_a, steps, latents)
 
 
-@router.get("/pca-grid", responses=PNG, response_class=Response)
+@router.get("/pca-grid", responses=GET_PNG_409, response_class=Response)
 async def pca_grid(
     request: Request, served: ServedDep, span: Span = 3.0, steps: GridSteps = 10,
     pc_x: Annotated[int, Query(ge=0, description="principal direction across the columns: below the model's "
@@ -154,7 +158,7 @@ async def pca_grid(
     basis = require_basis(served)
     for name, pc in (("pc_x", pc_x), ("pc_y", pc_y)):
         if pc >= basis.n_components:
-            raise ApiError(422, f"{name}={pc} is beyond the stored components",
+            raise ApiError(409, f"{name}={pc} is beyond the stored components",
                            f"{served.name} v{served.version} has components 0..{basis.n_components - 1}")
     if pc_x == pc_y:
         raise ApiError(422, "pc_x and pc_y must differ", f"both are {pc_x}")
@@ -167,10 +171,13 @@ async def pca_grid(
     return await render(request, served, params, seed if centre == "sample" else None, steps, latents)
 
 
-@router.get("/pca-point", responses=PNG, response_class=Response)
+COORD = r"-?(?:10(?:\.0+)?|[0-9](?:\.[0-9]+)?)"  # a number within [-10, 10]
+
+
+@router.get("/pca-point", responses=GET_PNG_409, response_class=Response)
 async def pca_point(
     request: Request, served: ServedDep,
-    coords: Annotated[str, Query(max_length=400, pattern=r"^\s*-?[0-9.]+(\s*,\s*-?[0-9.]+)*\s*$",
+    coords: Annotated[str, Query(max_length=400, pattern=rf"^\s*{COORD}(\s*,\s*{COORD})*\s*$",
                                  description="comma-separated coordinates along the first principal directions, in "
                                  "standard deviations from the centre; at most pca_components (in /models) values, "
                                  "each within [-10, 10]", examples=["1.5,-0.5"])] = "0",
@@ -179,12 +186,10 @@ async def pca_point(
 ) -> Response:
     """One face at the given coordinates along the first principal directions (the web page's sliders)."""
     basis = require_basis(served)
-    try:
-        values = [float(c) for c in coords.split(",")]
-    except ValueError:
-        raise ApiError(422, f"coords={coords!r} is not a list of numbers", "e.g. coords=1.5,-0.5") from None
-    if len(values) > basis.n_components or any(not -10 <= v <= 10 for v in values):
-        raise ApiError(422, "coords out of range", f"at most {basis.n_components} values, each within [-10, 10]")
+    values = [float(c) for c in coords.split(",")]  # the pattern admits only numbers within [-10, 10]
+    if len(values) > basis.n_components:
+        raise ApiError(409, f"{len(values)} coords, but {served.name} v{served.version} has {basis.n_components} "
+                       "principal directions", f"send at most {basis.n_components} values")
     params = dict(coords=",".join(repr(v) for v in values), seed=seed, centre=centre)
 
     def latents():
@@ -193,7 +198,7 @@ async def pca_point(
     return await render(request, served, params, seed if centre == "sample" else None, 1, latents)
 
 
-@router.get("/latent-grid", responses=PNG, response_class=Response)
+@router.get("/latent-grid", responses=GET_PNG_409, response_class=Response)
 async def latent_grid(
     request: Request, served: ServedDep,
     span: Annotated[float, Query(gt=0, le=10, description="sweep each dimension from -span to +span around the centre: "
@@ -216,7 +221,7 @@ async def latent_grid(
     d = served.latent_dim
     for name, dim in (("dim_x", dim_x), ("dim_y", dim_y)):
         if dim >= d:
-            raise ApiError(422, f"{name}={dim} is beyond the latent", f"{served.name} has latent dims 0..{d - 1}")
+            raise ApiError(409, f"{name}={dim} is beyond the latent", f"{served.name} has latent dims 0..{d - 1}")
     if dim_x == dim_y:
         raise ApiError(422, "dim_x and dim_y must differ", f"both are {dim_x}")
     params = dict(dim_x=dim_x, dim_y=dim_y, span=span, steps=steps, seed=seed, centre=centre, units=units)
@@ -237,7 +242,7 @@ def require_basis(served: ServedModel):
 
 def require_encoder(served: ServedModel) -> None:
     if not served.has_encoder:
-        raise ApiError(422, f"model {served.name!r} ({served.manifest.kind}) has no encoder", "use an ae or vae model")
+        raise ApiError(409, f"model {served.name!r} ({served.manifest.kind}) has no encoder", "use an ae or vae model")
 
 
 async def read_faces(request: Request, files: list[UploadFile], size: int) -> torch.Tensor:
@@ -252,7 +257,8 @@ async def read_faces(request: Request, files: list[UploadFile], size: int) -> to
         try:
             faces.append(await asyncio.to_thread(decode_image, data, size, settings.max_upload_bytes, settings.max_upload_pixels))
         except ImageDecodeError as e:
-            raise ApiError(400, f"{f.filename!r}: {e}", "upload PNG, JPEG or WebP face images") from None
+            status = 415 if isinstance(e, UnsupportedImage) else 422
+            raise ApiError(status, f"{f.filename!r}: {e}", "upload PNG, JPEG or WebP face images") from None
     return torch.stack(faces)
 
 
@@ -286,10 +292,11 @@ async def reconstruction_response(request: Request, served: ServedModel, faces: 
     return png_response(data, identity_headers(served.name, served.version, served.precision.name, extra.get("seed")) | extra.get("headers", {}))
 
 
-@router.post("/reconstruct", responses=PNG, response_class=Response)
+@router.post("/reconstruct", responses=UPLOAD_PNG, response_class=Response)
 async def reconstruct_upload(
     request: Request, served: ServedDep,
-    files: Annotated[list[UploadFile], File(description="1-64 face images (PNG, JPEG, WebP); each is centre-cropped and resized to 64×64")],
+    files: Annotated[list[UploadFile], File(min_length=1, max_length=64, description="1-64 face images (PNG, JPEG, "
+                                            "WebP; at most FACEGEN_MAX_FILES); each is centre-cropped and resized to 64×64")],
 ) -> Response:
     """Your faces (rows of originals) above the model's reconstructions of them."""
     require_encoder(served)
@@ -297,7 +304,7 @@ async def reconstruct_upload(
     return await reconstruction_response(request, served, faces, {"headers": {"Cache-Control": "no-store"}})
 
 
-@router.get("/reconstruct", responses=PNG, response_class=Response)
+@router.get("/reconstruct", responses=GET_PNG_409, response_class=Response)
 async def reconstruct_bundled(
     request: Request, served: ServedDep, seed: Seed = 0,
     n: Annotated[int, Query(ge=1, le=64, description="how many of the bundled held-out faces", examples=[8])] = 8,
@@ -309,7 +316,7 @@ async def reconstruct_bundled(
     return await reconstruction_response(request, served, bundled[pick], {"seed": seed, "headers": {"Cache-Control": REVALIDATE}})
 
 
-@router.post("/interpolate", responses=PNG, response_class=Response)
+@router.post("/interpolate", responses=UPLOAD_PNG, response_class=Response)
 async def interpolate_uploads(
     request: Request, served: ServedDep,
     a: Annotated[UploadFile, File(description="first face image")],

@@ -117,17 +117,18 @@ def test_encoder_models_sample_the_fitted_gaussian_unless_asked_for_n01(client):
     ("/sample?model=../../etc", 422, "model: String should match pattern"),
     ("/sample?model=vae&version=9", 404, "has no version 9"),
     ("/sample?version=0", 422, "version"),
-    ("/pca-grid?model=vae&pc_x=8", 422, "pc_x=8 is beyond the stored components"),
+    ("/pca-grid?model=vae&pc_x=8", 409, "pc_x=8 is beyond the stored components"),
     ("/pca-grid?model=vae&pc_x=1&pc_y=1", 422, "must differ"),
     ("/pca-grid?steps=100", 422, "steps"),
-    ("/latent-grid?model=gan&dim_y=8", 422, "dim_y=8 is beyond the latent"),
-    ("/pca-point?model=vae&coords=1,2,3,4,5,6,7,8,9", 422, "coords out of range"),
+    ("/latent-grid?model=gan&dim_y=8", 409, "dim_y=8 is beyond the latent"),
+    ("/pca-point?model=vae&coords=1,2,3,4,5,6,7,8,9", 409, "9 coords, but vae v1 has 8"),
+    ("/pca-point?model=vae&coords=10.5", 422, "coords"),
     ("/pca-point?model=vae&coords=DROP", 422, "coords"),
-    ("/reconstruct?model=gan", 422, "has no encoder"),
+    ("/reconstruct?model=gan", 409, "has no encoder"),
     ("/pca-grid?model=plain-gan", 409, "has no stored PCA basis"),
     ("/reconstruct?n=65&model=vae", 422, "n:"),
-    ("/sample?model=gan&prior=fitted", 422, "prior=fitted is not available for gan"),
-    ("/sample?model=plain-gan&prior=fitted", 422, "prior=fitted is not available"),
+    ("/sample?model=gan&prior=fitted", 409, "prior=fitted is not available for gan"),
+    ("/sample?model=plain-gan&prior=fitted", 409, "prior=fitted is not available"),
     ("/sample?prior=uniform", 422, "prior"),
 ])
 def test_bad_input_is_a_json_4xx_that_says_what_is_allowed(client, url, status, fragment):
@@ -151,13 +152,13 @@ def test_upload_interpolation(client):
     files = {"a": ("a.png", image_bytes((255, 0, 0)), "image/png"), "b": ("b.png", image_bytes((0, 0, 255)), "image/png")}
     assert png_size(client.post("/interpolate?model=ae&steps=5", files=files)) == (grid_side(5), grid_side(1))
     r = client.post("/interpolate?model=gan", files=files)
-    assert r.status_code == 422 and "has no encoder" in r.json()["error"]
+    assert r.status_code == 409 and "has no encoder" in r.json()["error"]
 
 
 @pytest.mark.parametrize("payload,status,fragment", [
-    (b"this is not an image", 400, "not an image"),
-    (image_bytes()[:200], 400, "truncated or corrupt"),
-    (b"", 400, "empty"),
+    (b"this is not an image", 415, "not an image"),
+    (image_bytes()[:200], 422, "truncated or corrupt"),
+    (b"", 422, "empty"),
 ])
 def test_bad_uploads_are_4xx(client, payload, status, fragment):
     r = client.post("/reconstruct?model=vae", files=[("files", ("x.png", payload, "image/png"))])
@@ -175,7 +176,7 @@ def test_upload_limits(served_store):
         assert r.status_code == 413 and "the limit is 2,000 bytes" in r.json()["detail"]
         wide = image_bytes(size=(200, 200))
         r = c.post("/reconstruct?model=vae", files=[("files", ("wide.png", wide, "image/png"))])
-        assert r.status_code == 400 and "200×200 pixels" in r.json()["error"]
+        assert r.status_code == 422 and "200×200 pixels" in r.json()["error"]
         three = [("files", (f"{i}.png", image_bytes(size=(20, 20)), "image/png")) for i in range(3)]
         r = c.post("/reconstruct?model=vae", files=three)
         assert r.status_code == 422 and "send 1 to 2 images" in r.json()["detail"]
