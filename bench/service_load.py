@@ -189,9 +189,10 @@ def overload_round(url: str, path: str, concurrency: int, seconds: float) -> dic
             "good_p50_ms": statistics.median(good) if good else float("nan")}
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or at its highest since the process started (VmHWM)."""
     with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 
 
 def overload(url: str, pid: int, path: str, seconds: float, rounds: int, high: int = 256) -> None:
@@ -212,7 +213,8 @@ def overload(url: str, pid: int, path: str, seconds: float, rounds: int, high: i
               f"p99 {r['good_p99_ms']:7.1f} ms   shed {r['shed_rps']:7.1f}/s  p99 {r['shed_p99_ms']:6.1f} ms   "
               f"other {r['other']}, socket errors {r['errors']}   RSS {rss_mb(pid):6.0f} MB")
     after = overload_round(url, path, 16, seconds)
-    print(f"  c=16    good {after['good_rps']:7.1f}/s after the overload   RSS {rss0:.0f} MB at start, {rss_mb(pid):.0f} MB now")
+    print(f"  c=16    good {after['good_rps']:7.1f}/s after the overload   RSS {rss0:.0f} MB at start, {rss_mb(pid):.0f} MB "
+          f"now, {rss_mb(pid, 'VmHWM'):.0f} MB at its peak")
 
 
 def compare(title: str, url: str, ours: str, baseline: str, concurrency: int, seconds: float) -> None:

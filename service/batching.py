@@ -50,8 +50,9 @@ class DecodeBatcher:
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], executor: Executor, max_batch: int,
                  max_wait: float, max_queue_s: float, on_batch: Callable[[int], None] = lambda n: None,
-                 on_drop: Callable[[int], None] = lambda n: None):
+                 on_drop: Callable[[int], None] = lambda n: None, after_pass: Callable[[bool], None] = lambda idle: None):
         self.forward, self.executor, self.max_batch, self.max_wait = forward, executor, max_batch, max_wait
+        self.after_pass = after_pass  # on the executor thread, told whether the queue is empty
         self.max_queue_s = max_queue_s
         self.on_batch, self.on_drop = on_batch, on_drop
         self.loop = asyncio.get_running_loop()
@@ -121,9 +122,12 @@ class DecodeBatcher:
             self.decode_batch(batch)
         with self.arrived:
             self.taken = []
-            if not self.items or self.stopped:
+            idle = not self.items or self.stopped
+            if idle:
                 self.draining = False
-                return
+        self.after_pass(idle)
+        if idle:
+            return
         try:
             self.executor.submit(self.drain)
         except RuntimeError:  # the executor is shut down: the server is stopping

@@ -16,7 +16,7 @@ from models_core.precision import Precision, choose_precision
 from service.batching import DecodeBatcher
 from service.errors import ApiError
 from service.inference import compile_decoder, decode_images, run_inference
-from service.memory import release_memory
+from service.memory import HeapTrimmer, release_memory
 from service.settings import Settings
 
 log = logging.getLogger("facegen.service")
@@ -91,6 +91,7 @@ class ModelRegistry:
         self.refused: set[tuple[str, int]] = set()  # versions that failed to load
         self.on_batch, self.on_drop = on_batch, on_drop
         self.retiring: set[asyncio.Task] = set()
+        self.trim_heap = HeapTrimmer()  # one heap for all models
         self.lock = asyncio.Lock()
         self.precision = choose_precision(settings.precision, self.device)
         self.autocast = self.precision.autocast(self.device)
@@ -131,7 +132,7 @@ class ModelRegistry:
                                                  f"{name} v{version}")
         decode = functools.partial(decode_images, forward, device=self.device, autocast=self.autocast)
         batcher = DecodeBatcher(decode, self.executor, s.max_batch, s.max_wait_ms / 1000, s.max_queue_s,
-                                on_batch=lambda n: self.on_batch(name, n), on_drop=lambda n: self.on_drop(name, n))
+                                on_batch=lambda n: self.on_batch(name, n), on_drop=lambda n: self.on_drop(name, n), after_pass=self.trim_heap)
         return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.precision)
 
     async def refresh(self) -> None:

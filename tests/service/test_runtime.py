@@ -158,6 +158,34 @@ def test_refusals_last_until_the_backlog_falls_below_90_percent():
     asyncio.run(body())
 
 
+def test_freed_heap_is_handed_back_when_a_queue_drains_and_now_and_then_under_load(monkeypatch):
+    import service.memory as memory
+
+    trims = []
+    monkeypatch.setattr(memory, "MALLOC_TRIM", lambda pad: trims.append(pad))
+    clock = [100.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    trim = memory.HeapTrimmer(idle_interval=5, busy_interval=30)
+    trim(idle=True)  # too soon after start
+    clock[0] += 6
+    trim(idle=False)  # busy: not yet
+    trim(idle=True)
+    trim(idle=True)  # again within 5 s: no
+    clock[0] += 31
+    trim(idle=False)
+    assert len(trims) == 2
+
+    async def body():  # and the batcher reports each pass, idle when its queue is empty
+        seen = []
+        b = DecodeBatcher(lambda z: z, ThreadPoolExecutor(1), max_batch=4, max_wait=0, max_queue_s=1, after_pass=seen.append)
+        await b.decode(torch.ones(1, 2))
+        await asyncio.sleep(0.05)
+        await b.retire()
+        return seen
+
+    assert asyncio.run(body()) == [True]
+
+
 def test_request_ids_are_echoed_only_when_well_formed(client):
     assert client.get("/healthz", headers={"X-Request-ID": "abc-1.2:3"}).headers["x-request-id"] == "abc-1.2:3"
     assert "x-request-id" not in client.get("/healthz", headers={"X-Request-ID": "a\tb" + "x" * 80}).headers
