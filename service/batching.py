@@ -62,7 +62,7 @@ class DecodeBatcher:
         self.draining = False  # a drain is queued on or running in the executor
         self.stopped = False
         self.pending_rows = 0  # admitted rows whose requests are still waiting for them (loop only)
-        self.rows_per_s: float | None = None  # moving average over recent forward passes
+        self.rows_per_s: float | None = None  # moving average over recent passes of at least half a batch
         self.refusing = False  # refused a request and the backlog has not yet fallen below 90% of the budget
 
     @property
@@ -75,10 +75,11 @@ class DecodeBatcher:
 
     @property
     def row_budget(self) -> int:
-        """Rows that may be pending: what recent passes decode in max_queue_s, at least one full batch."""
+        """Rows that may be pending: what recent passes decode in max_queue_s, at least four full batches."""
+        floor = 4 * self.max_batch
         if self.rows_per_s is None:
-            return self.max_batch
-        return max(self.max_batch, int(self.rows_per_s * self.max_queue_s))
+            return floor
+        return max(floor, int(self.rows_per_s * self.max_queue_s))
 
     @property
     def saturated(self) -> bool:
@@ -160,8 +161,9 @@ class DecodeBatcher:
         try:
             start = time.perf_counter()
             out = self.forward(torch.cat([z for z, _ in live]))
-            rate = rows / max(time.perf_counter() - start, 1e-6)
-            self.rows_per_s = rate if self.rows_per_s is None else 0.8 * self.rows_per_s + 0.2 * rate
+            if rows >= self.max_batch // 2:  # small passes cost more per row; a backlog is decoded in full ones
+                rate = rows / max(time.perf_counter() - start, 1e-6)
+                self.rows_per_s = rate if self.rows_per_s is None else 0.8 * self.rows_per_s + 0.2 * rate
             self.on_batch(rows)
             answers = [(f, images) for (_, f), images in zip(live, out.split([len(z) for z, _ in live]))]
             self.call_on_loop(answer, answers)

@@ -36,16 +36,16 @@ class HeapTrimmer:
     most every `idle_interval` seconds, and under sustained load every `busy_interval`. Only
     malloc_trim, which runs without the GIL (ctypes releases it), so the event loop never waits."""
 
-    def __init__(self, idle_interval: float = 5.0, busy_interval: float = 30.0):
-        self.idle_interval, self.busy_interval = idle_interval, busy_interval
-        self.last = time.monotonic()
+    def __init__(self, idle_interval: float = 5.0, busy_interval: float = 30.0, clock=time.monotonic):
+        self.idle_interval, self.busy_interval, self.clock = idle_interval, busy_interval, clock
+        self.last = clock()
         self.lock = threading.Lock()
 
     def __call__(self, idle: bool) -> None:
         if MALLOC_TRIM is None:
             return
         with self.lock:
-            now = time.monotonic()
+            now = self.clock()
             if now - self.last < (self.idle_interval if idle else self.busy_interval):
                 return
             self.last = now

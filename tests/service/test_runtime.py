@@ -54,8 +54,8 @@ def test_batcher_admits_by_rows_not_requests():
             time.sleep(0.3)
             return z
 
-        # Before any pass has been timed the budget is one full batch: 4 rows.
-        batcher = DecodeBatcher(slow, ThreadPoolExecutor(1), max_batch=4, max_wait=0, max_queue_s=0)
+        # Before any pass has been timed, and at max_queue_s 0, the budget is four full batches: 4 rows.
+        batcher = DecodeBatcher(slow, ThreadPoolExecutor(1), max_batch=1, max_wait=0, max_queue_s=0)
         first = asyncio.ensure_future(batcher.decode(torch.zeros(1, 2)))
         await asyncio.sleep(0.05)  # the worker takes it and blocks in forward: 1 row pending
         queued = [asyncio.ensure_future(batcher.decode(torch.ones(1, 2))) for _ in range(3)]
@@ -141,18 +141,18 @@ def test_a_saturated_model_is_refused_before_routing_and_others_still_served(ser
 
 def test_refusals_last_until_the_backlog_falls_below_90_percent():
     async def body():
-        b = DecodeBatcher(lambda z: z, ThreadPoolExecutor(1), max_batch=10, max_wait=0, max_queue_s=0)
-        b.pending_rows = 8
+        b = DecodeBatcher(lambda z: z, ThreadPoolExecutor(1), max_batch=5, max_wait=0, max_queue_s=0)  # budget 20
+        b.pending_rows = 16
         with pytest.raises(QueueFull):
-            with b.admit(3):  # 8 + 3 > 10
+            with b.admit(5):  # 16 + 5 > 20
                 pass
-        b.pending_rows = 9
-        with pytest.raises(QueueFull):  # 9 + 1 would fit, but the model is refusing until below 9
+        b.pending_rows = 18
+        with pytest.raises(QueueFull):  # 18 + 1 would fit, but the model is refusing until below 18
             with b.admit(1):
                 pass
-        b.pending_rows = 8
+        b.pending_rows = 17
         with b.admit(1):
-            assert b.pending_rows == 9
+            assert b.pending_rows == 18
         await b.retire()
 
     asyncio.run(body())
@@ -164,8 +164,7 @@ def test_freed_heap_is_handed_back_when_a_queue_drains_and_now_and_then_under_lo
     trims = []
     monkeypatch.setattr(memory, "MALLOC_TRIM", lambda pad: trims.append(pad))
     clock = [100.0]
-    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
-    trim = memory.HeapTrimmer(idle_interval=5, busy_interval=30)
+    trim = memory.HeapTrimmer(idle_interval=5, busy_interval=30, clock=lambda: clock[0])
     trim(idle=True)  # too soon after start
     clock[0] += 6
     trim(idle=False)  # busy: not yet
