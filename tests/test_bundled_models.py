@@ -60,8 +60,9 @@ def test_a_newly_trained_version_wins_over_the_bundled_one(tmp_path):
     shutil.copytree(ROOT / "checkpoints" / "gan", root / "gan")
     publish_tiny(CheckpointStore(root), "gan")
     with TestClient(create_app(Settings(checkpoint_root=root, _env_file=None))) as client:
-        assert client.get("/models").json()["models"][0]["served_version"] == 2
-        assert client.get("/sample?model=gan&n=1").headers["x-model-version"] == "2"
+        newest = BUNDLED_VERSIONS["gan"] + 1
+        assert client.get("/models").json()["models"][0]["served_version"] == newest
+        assert client.get("/sample?model=gan&n=1").headers["x-model-version"] == str(newest)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from trainer.__main__ import train_parser
 from trainer.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_VERSIONS = {"ae": 1, "vae": 2, "gan": 1}  # checkpoints/<name>/<version>, tracked in git: one per model
+BUNDLED_VERSIONS = {"ae": 1, "vae": 2, "gan": 2}  # checkpoints/<name>/<version>, tracked in git: one per model
 BUNDLED = tuple(BUNDLED_VERSIONS)
 TRAINER_ENV = {"FACEGEN_CHECKPOINT_ROOT", "FACEGEN_RUNS_DIR"}
 
@@ -97,7 +97,7 @@ def test_the_image_carries_the_bundled_models_but_nothing_trained_locally():
                for file in ("manifest.json", "weights.safetensors")]
     assert all((ROOT / p).is_file() for p in bundled)
     assert not any(dockerignored(p) for p in bundled)
-    assert dockerignored("checkpoints/gan/000002/weights.safetensors")
+    assert dockerignored(f"checkpoints/gan/{BUNDLED_VERSIONS['gan'] + 1:06d}/weights.safetensors")  # trained here
     assert dockerignored("runs/00001-gan/training_state.safetensors")
 
 
