@@ -25,7 +25,8 @@ Multi-node: torchrun --nnodes=M --nproc_per_node=N --rdzv-backend=c10d --rdzv-en
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer", description=TRAIN_DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=sorted(MODEL_DEFAULTS), help="what to train")
+    p.add_argument("--model", choices=sorted(MODEL_DEFAULTS), help="what to train; required unless --resume RUN_DIR, "
+                   "whose run says it")
     p.add_argument("--data", type=Path, help="prepared dataset folder (from prepare-data); required unless --resume")
     p.add_argument("--preset", choices=["seed", "small", "tiny"], help="network size: seed (the study's, default), small (CPU runs), tiny (tests)")
     p.add_argument("--name", help="model name in the checkpoint store (default: the model kind)")
@@ -66,6 +67,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
     from trainer.runs import latest_resumable_run, read_config
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("resume", "model")}
+    if args.model is None and args.resume in (None, "latest"):
+        parser.error("--model is required (ae, gan or vae), unless --resume names a run folder")
     if args.resume is None:
         if "data" not in given:
             parser.error("--data is required (a folder made by: python -m trainer prepare-data SOURCE --out DIR)")
@@ -78,7 +81,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
         parser.error(f"nothing to resume: no run of {name!r} with a saved state under {runs_dir}" if args.resume == "latest"
                      else f"{args.resume} is not a run folder (no config.json)")
     saved = read_config(run_dir)
-    if saved["model"] != args.model:
+    if args.model is not None and saved["model"] != args.model:
         parser.error(f"{run_dir} trained --model {saved['model']}, not {args.model}")
     changed = {k for k, v in given.items() if k not in RESUMABLE_OVERRIDES | {"name", "runs_dir"} and str(v) != str(saved.get(k))}
     if changed:

@@ -25,11 +25,11 @@ def server_url(tmp_path_factory):
     server.stop()
 
 
-def test_schemathesis_finds_no_contract_failure(server_url):
-    st = Path(sys.executable).with_name("st")
+def test_schemathesis_finds_no_contract_failure(server_url, tmp_path):
+    st = Path(sys.executable).with_name("st")  # run where its .schemathesis/ cache cannot litter the repository
     run = subprocess.run([str(st), "--config-file", str(CONFIG), "run", f"{server_url}/openapi.json", "--checks", "all",
                           "--max-examples", "25", "--seed", "1", "--request-timeout", "30", "--no-color"],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     tested = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
     assert tested and int(tested[1]) > 500 and tested[1] == tested[2], run.stdout[-2000:]

@@ -100,6 +100,14 @@ def test_resume_refuses_changed_hyperparameters_and_missing_runs(tmp_path, packe
     assert train(tmp_path, "ae", "--data", packed, "--max-steps", "1").returncode == 0
     proc = train(tmp_path, "ae", "--resume", "--lr", "0.1")
     assert proc.returncode == 2 and "cannot change --lr when resuming" in proc.stderr
+    # A run folder says what it trains: --model may be left out, but not contradicted.
+    run = run_dir(tmp_path, "ae")
+    proc = run_trainer("--resume", run, "--runs-dir", tmp_path / "runs", "--max-steps", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_trainer("--model", "vae", "--resume", run, cwd=tmp_path)
+    assert proc.returncode == 2 and "trained --model ae, not vae" in proc.stderr
+    proc = run_trainer("--resume", cwd=tmp_path)
+    assert proc.returncode == 2 and "--model is required" in proc.stderr
 
 
 def start_long_run(tmp_path, packed, *extra, model="ae"):
