@@ -117,13 +117,22 @@ end
 """
 
 
+def run_wrk(script: str, url: str, path: str, concurrency: int, seconds: float, timeout: str, nice: bool = False) -> str:
+    """wrk's output for `script` (a Lua template taking the path and the seeds' base) on `url`."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script % (path, random.getrandbits(36)))
+    # At the lowest priority under overload: wrk would otherwise take CPU from the server it measures.
+    command = [*(["nice", "-n", "19"] if nice else []), "wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s",
+               "--timeout", timeout, "-s", f.name, url]
+    try:
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+
+
 def wrk(url: str, path: str, concurrency: int, seconds: float) -> dict:
     """wrk (a C load generator: it leaves the server the cores) on `path` with a fresh seed per request."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT % (path, random.getrandbits(36)))
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "60s", "-s", f.name, url],
-                         capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
+    out = run_wrk(WRK_SCRIPT, url, path, concurrency, seconds, "60s")
     requests, duration_us, non2xx, errors, p50, p99 = next(line for line in out.splitlines() if line.startswith("WRK ")).split()[1:]
     wall = int(duration_us) / 1e6
     return {"rps": (int(requests) - int(non2xx)) / wall, "non2xx": int(non2xx), "errors": int(errors),
@@ -170,12 +179,7 @@ end
 
 def overload_round(url: str, path: str, concurrency: int, seconds: float) -> dict:
     """wrk at `concurrency`, each answer timed by its X-Request-ID: 200s and 503s apart."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(OVERLOAD_SCRIPT % (path, random.getrandbits(36)))
-    # wrk at the lowest priority: under overload it would otherwise take CPU from the server it measures.
-    out = subprocess.run(["nice", "-n", "19", "wrk", "-t", "1", "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "120s", "-s", f.name, url],
-                         capture_output=True, text=True, check=True).stdout
-    os.unlink(f.name)
+    out = run_wrk(OVERLOAD_SCRIPT, url, path, concurrency, seconds, "120s", nice=True)
     lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] if " " in line else "" for line in out.splitlines()}
     good, shed = ([float(x) for x in lines.get(k, "").split()] for k in ("GOOD", "SHED"))
     _, duration_us, errors = (int(x) for x in lines["WRK"].split())

@@ -13,7 +13,8 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import send_error
+from service.batching import QueueFull
+from service.errors import ApiError, send_error
 
 DECODING_ROUTES = frozenset({"/sample", "/interpolate", "/reconstruct", "/pca-grid", "/pca-point", "/latent-grid"})
 
@@ -43,7 +44,12 @@ class Admission:
 
     async def busy(self, served, send: Send) -> None:
         await asyncio.sleep(self.pace)
-        batcher = served.batcher
-        await send_error(send, 503, f"model {served.name!r} is busy", f"more work is queued than it does in "
-                         f"{batcher.max_queue_s:g} s; retry after {batcher.retry_after()} s",
-                         [(b"retry-after", str(batcher.retry_after()).encode())])
+        e = busy(served, QueueFull(served.batcher.retry_after()))
+        await send_error(send, e.status, e.error, e.detail, [(k.lower().encode(), v.encode()) for k, v in e.headers.items()])
+
+
+def busy(served, e: QueueFull) -> ApiError:
+    """The 503 for a model that admits nothing more, from this middleware or from a route."""
+    return ApiError(503, f"model {served.name!r} is busy", f"more work is queued than it does in "
+                    f"{served.batcher.max_queue_s:g} s; retry after {e.retry_after} s",
+                    headers={"Retry-After": str(e.retry_after)})

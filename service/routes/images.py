@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFi
 from models_core.checkpoint import MODEL_NAME_RE, PRIORS
 from models_core.images import ImageDecodeError, UnsupportedImage, decode_image, to_uint8
 from models_core.latent import interpolation_path, latent_sweep
+from service.admission import busy
 from service.batching import QueueFull, Retired
 from service.errors import ApiError, error_responses
 from service.registry import ModelRegistry, ServedModel
@@ -77,12 +78,6 @@ async def decode(served: ServedModel, z: torch.Tensor) -> torch.Tensor:
         raise busy(served, e) from None
     except Retired:
         raise retired(served) from None
-
-
-def busy(served: ServedModel, e: QueueFull) -> ApiError:
-    return ApiError(503, f"model {served.name!r} is busy", f"more work is queued than it does in "
-                    f"{served.batcher.max_queue_s:g} s; retry after {e.retry_after} s",
-                    headers={"Retry-After": str(e.retry_after)})
 
 
 def retired(served: ServedModel) -> ApiError:

@@ -48,14 +48,15 @@ def test_concurrent_requests_are_batched_and_identical_to_single_ones(served_sto
     assert metric(text, 'facegen_batch_rows_sum{model="vae"}') == 33
 
 
+def sleeping(seconds: float):
+    """A forward pass that takes `seconds` and returns its input."""
+    return lambda z: (time.sleep(seconds), z)[1]
+
+
 def test_batcher_admits_by_rows_not_requests():
     async def body():
-        def slow(z):
-            time.sleep(0.3)
-            return z
-
         # Before any pass has been timed, and at max_queue_s 0, the budget is four full batches: 4 rows.
-        batcher = DecodeBatcher(slow, ThreadPoolExecutor(1), max_batch=1, max_wait=0, max_queue_s=0)
+        batcher = DecodeBatcher(sleeping(0.3), ThreadPoolExecutor(1), max_batch=1, max_wait=0, max_queue_s=0)
         first = asyncio.ensure_future(batcher.decode(torch.zeros(1, 2)))
         await asyncio.sleep(0.05)  # the worker takes it and blocks in forward: 1 row pending
         queued = [asyncio.ensure_future(batcher.decode(torch.ones(1, 2))) for _ in range(3)]
@@ -81,11 +82,7 @@ def test_batcher_admits_by_rows_not_requests():
 
 def test_the_row_budget_follows_the_measured_decode_rate():
     async def body():
-        def forward(z):
-            time.sleep(0.05)
-            return z
-
-        batcher = DecodeBatcher(forward, ThreadPoolExecutor(1), max_batch=2, max_wait=0, max_queue_s=2.0)
+        batcher = DecodeBatcher(sleeping(0.05), ThreadPoolExecutor(1), max_batch=2, max_wait=0, max_queue_s=2.0)
         for _ in range(5):
             await batcher.decode(torch.ones(20, 2))  # 20 rows in ~50 ms: ~400 rows/s
         await batcher.retire()
