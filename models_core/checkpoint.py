@@ -28,6 +28,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models_core.dcgan import discriminator_from_extras
 from models_core.latent import PcaBasis, sample_prior
 from models_core.registry import build_model, get_kind
 
@@ -148,6 +149,13 @@ class Checkpoint:
     @cached_property
     def pca(self) -> PcaBasis | None:
         return PcaBasis.from_tensors(self.extras) if "pca.components" in self.extras else None
+
+    @cached_property
+    def discriminator(self) -> nn.Module | None:
+        """A GAN version's discriminator (float32, eval, on the CPU), where the version has one."""
+        if self.manifest.kind != "gan":
+            return None
+        return discriminator_from_extras(self.extras, self.model.cfg)
 
     @property
     def default_prior(self) -> str:
@@ -345,7 +353,12 @@ class CheckpointStore:
         problem = pca_mismatch(extras, model.latent_dim)
         if problem:
             raise CheckpointError(f"{vdir / EXTRAS_FILE}: the PCA basis does not fit the network: {problem}")
-        return Checkpoint(manifest, model.to(device).eval(), extras, vdir)
+        ckpt = Checkpoint(manifest, model.to(device).eval(), extras, vdir)
+        try:
+            ckpt.discriminator
+        except RuntimeError as e:  # load_state_dict's complaint
+            raise CheckpointError(f"{vdir / EXTRAS_FILE}: the discriminator does not fit the network: {e}") from None
+        return ckpt
 
     def copy_from(self, source: "CheckpointStore", name: str, version: int | None = None,
                   dtype: torch.dtype | None = None) -> int:

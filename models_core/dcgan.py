@@ -110,3 +110,31 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.net(x).flatten(1)).squeeze(1)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations after each LeakyReLU: what D has learnt to look at, coarse and fine."""
+        out = []
+        for layer in self.net:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                out.append(x)
+        return out
+
+
+DISCRIMINATOR_PREFIX = "discriminator."  # a GAN version's extras hold its discriminator under this prefix
+
+
+def discriminator_extras(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """D's weights as checkpoint extras; floating tensors cast to `dtype` like the published G."""
+    return {DISCRIMINATOR_PREFIX + k: v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()
+            for k, v in state_dict.items()}
+
+
+def discriminator_from_extras(extras: dict[str, torch.Tensor], cfg: DCGANConfig) -> Discriminator | None:
+    """The discriminator published with a GAN version (float32, eval mode), or None for versions without one."""
+    state = {k.removeprefix(DISCRIMINATOR_PREFIX): v for k, v in extras.items() if k.startswith(DISCRIMINATOR_PREFIX)}
+    if not state:
+        return None
+    d = Discriminator(cfg)
+    d.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return d.eval().requires_grad_(False)

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.batching import QueueFull
 from service.errors import ApiError, send_error
 
-DECODING_ROUTES = frozenset({"/sample", "/interpolate", "/reconstruct", "/pca-grid", "/pca-point", "/latent-grid"})
+DECODING_ROUTES = frozenset({"/sample", "/interpolate", "/reconstruct", "/pca-grid", "/pca-point", "/latent-grid", "/project"})
 
 
 class Admission:

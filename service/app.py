@@ -18,6 +18,7 @@ from service.errors import error_responses, install_error_handlers
 from service.guard import RequestGuard
 from service.methods import AllowedMethods
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
+from service.projection import Projector
 from service.registry import ModelRegistry
 from service.responses import PngCache
 from service.routes import images, meta
@@ -47,7 +48,8 @@ def body_limits(settings: Settings) -> dict[tuple[str, str], int]:
     """What each upload route can legitimately receive: its files at their largest, plus framing."""
     upload = settings.max_upload_bytes
     return {("POST", "/reconstruct"): settings.max_files * upload + MULTIPART_FRAMING,
-            ("POST", "/interpolate"): 2 * upload + MULTIPART_FRAMING}
+            ("POST", "/interpolate"): 2 * upload + MULTIPART_FRAMING,
+            ("POST", "/project"): settings.max_projection_faces * upload + MULTIPART_FRAMING}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -58,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         registry = ModelRegistry(settings, on_batch=metrics.observe_batch, on_drop=metrics.observe_drop)
         app.state.registry = registry
+        app.state.projector = Projector(registry.executor, settings.max_projections, settings.projection_time_s,
+                                        on_steps=metrics.observe_projection_steps, on_end=metrics.observe_projection_end)
         await registry.refresh()
         if not registry.latest:
             log.warning("no models found under %s; /readyz stays 503 until one is published", settings.checkpoint_root)

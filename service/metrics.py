@@ -22,6 +22,11 @@ class ServiceMetrics:
         self.rows_decoded = Counter("facegen_rows_decoded", "latents decoded", ["model"], registry=self.registry)
         self.rows_dropped = Counter("facegen_rows_dropped", "latents dropped undecoded: their request was gone "
                                     "(client disconnected or deadline passed)", ["model"], registry=self.registry)
+        self.projection_steps = Counter("facegen_projection_steps", "optimisation steps run by GAN projections",
+                                        ["model"], registry=self.registry)
+        self.projections = Counter("facegen_projections", "GAN projections ended, by outcome: done, timed_out "
+                                   "(stopped at the time limit with the best latents so far) or cancelled (the request "
+                                   "was gone)", ["model", "outcome"], registry=self.registry)
         self.queue_depth = Gauge("facegen_queue_depth", "requests waiting per model", ["model"], registry=self.registry)
         self.served_version = Gauge("facegen_served_version", "version being served", ["model"], registry=self.registry)
 
@@ -32,6 +37,12 @@ class ServiceMetrics:
 
     def observe_drop(self, model: str, rows: int) -> None:
         self.rows_dropped.labels(model).inc(rows)
+
+    def observe_projection_steps(self, model: str, steps: int) -> None:
+        self.projection_steps.labels(model).inc(steps)
+
+    def observe_projection_end(self, model: str, outcome: str) -> None:
+        self.projections.labels(model, outcome).inc()
 
 
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")

@@ -12,6 +12,7 @@ import torch
 
 from models_core.checkpoint import MODEL_NAME_RE, Checkpoint, CheckpointError, CheckpointStore
 from models_core.latent import PcaBasis
+from models_core.projection import Projection, ProjectionConfig
 from models_core.precision import Precision, choose_precision
 from service.batching import DecodeBatcher
 from service.errors import ApiError
@@ -72,6 +73,20 @@ class ServedModel:
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Blocking; call from the executor."""
         return run_inference(self.net.embed, x, self.device, self.precision.autocast(self.device))
+
+    @property
+    def can_project(self) -> bool:
+        """A GAN: real faces reach its latent space by optimisation (/project)."""
+        return self.manifest.kind == "gan"
+
+    @functools.cached_property
+    def discriminator(self) -> torch.nn.Module | None:
+        d = self.checkpoint.discriminator
+        return d.to(self.device) if d is not None else None
+
+    def start_projection(self, faces: torch.Tensor, cfg: ProjectionConfig) -> Projection:
+        """Blocking (it computes the faces' features); call from the executor."""
+        return Projection(self.net, faces.to(self.device), cfg, self.discriminator, self.precision.autocast(self.device))
 
 
 class ModelRegistry:

@@ -14,24 +14,25 @@ REVALIDATE = "public, max-age=0, must-revalidate"  # "latest" may move on to a n
 
 
 class PngCache:
-    """Encoded PNGs by ETag, least recently used out first, bounded by their total bytes."""
+    """Encoded PNGs (with any headers that describe how they were made) by ETag, least recently
+    used out first, bounded by their total bytes."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.bytes, self.items = max_bytes, 0, OrderedDict()
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> tuple[bytes, dict[str, str]] | None:
         if key in self.items:
             self.items.move_to_end(key)
             return self.items[key]
         return None
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, headers: dict[str, str] | None = None) -> None:
         if len(data) > self.max_bytes or key in self.items:
             return
-        self.items[key] = data
+        self.items[key] = data, dict(headers or {})
         self.bytes += len(data)
         while self.bytes > self.max_bytes:
-            self.bytes -= len(self.items.popitem(last=False)[1])
+            self.bytes -= len(self.items.popitem(last=False)[1][0])
 
 
 def etag_for(endpoint: str, model: str, version: int, precision: str, params: dict) -> str:

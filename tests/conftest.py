@@ -26,6 +26,30 @@ def publish_tiny(store: CheckpointStore, kind: str, name: str | None = None, see
     return store.publish(kind if name is None else name, kind, config, model.state_dict(), step=10, epoch=1, extras=extras, **kwargs)
 
 
+def vivid_generator(seed: int = 0):
+    """A tiny DCGAN generator whose faces differ from latent to latent, and its discriminator.
+    Freshly initialised (weights ~ N(0, 0.02)), G draws near-uniform grey for every z, which any
+    latent reproduces; with larger weights, only latents near the right one do."""
+    from models_core.dcgan import DCGAN_PRESETS, Discriminator, Generator
+
+    torch.manual_seed(seed)
+    cfg = DCGAN_PRESETS["tiny"]
+    g, d = Generator(cfg).eval(), Discriminator(cfg).eval()
+    with torch.no_grad():
+        for p in g.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return g, d
+
+
+def publish_vivid_gan(store: CheckpointStore, name: str = "vivid-gan") -> int:
+    """A vivid_generator published as a GAN version with its discriminator, for projection."""
+    from models_core.dcgan import discriminator_extras
+
+    g, d = vivid_generator()
+    return store.publish(name, "gan", g.cfg, g.state_dict(), step=10, epoch=1, extras=discriminator_extras(d.state_dict()))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

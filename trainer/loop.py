@@ -251,7 +251,8 @@ class Trainer:
         version = self.store.publish(
             cfg.name, cfg.model, cfg.network_config, net.state_dict(), step=self.step, epoch=self.epoch,
             data_fingerprint=self.data.fingerprint, metrics={k: float(v) for k, v in self.last.items()},
-            extras=basis.to_tensors(), dtype=WEIGHT_DTYPES[cfg.publish_dtype],
+            extras=basis.to_tensors() | self.task.publish_extras(WEIGHT_DTYPES[cfg.publish_dtype]),
+            dtype=WEIGHT_DTYPES[cfg.publish_dtype],
         )
         self.published.append(version)
         self.log.write(f"published {cfg.name} v{version} (step {self.step}) to {self.store.path(cfg.name, version)}")

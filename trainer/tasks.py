@@ -5,7 +5,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from models_core.dcgan import Discriminator, Generator
+from models_core.dcgan import Discriminator, Generator, discriminator_extras
 from models_core.losses import discriminator_loss, generator_loss, reconstruction_loss, vae_loss
 from models_core.registry import build_model
 from trainer.config import TrainConfig
@@ -47,6 +47,9 @@ class AutoencoderTask:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt}
 
+    def publish_extras(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        return {}
+
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast():
             if self.is_vae:
@@ -83,6 +86,11 @@ class GANTask:
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_G": self.opt_G, "opt_D": self.opt_D}
+
+    def publish_extras(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The discriminator, published beside G: its features are the perceptual loss that
+        projects real faces into G's latent space (the service's /project)."""
+        return discriminator_extras(self.D.state_dict(), dtype)
 
     def train_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         z = torch.randn(real.shape[0], self.G.latent_dim, device=self.device)

@@ -13,6 +13,7 @@ from models_core.latent import interpolation_path, latent_sweep
 from service.admission import busy
 from service.batching import QueueFull, Retired
 from service.errors import ApiError, error_responses
+from service.projection import Projected, ProjectorBusy
 from service.registry import ModelRegistry, ServedModel
 from service.responses import IMMUTABLE, REVALIDATE, etag_for, grid_png, identity_headers, not_modified, png_response
 
@@ -94,11 +95,13 @@ async def render(request: Request, served: ServedModel, params: dict, seed: int 
     if not_modified(request, etag):
         return Response(status_code=304, headers=headers)
     cache = request.app.state.cache
-    data = cache.get(etag)
-    if data is None:
+    hit = cache.get(etag)
+    if hit is None:
         images = await decode(served, latents())
         data = await asyncio.to_thread(grid_png, images, nrow)
         cache.put(etag, data)
+    else:
+        data = hit[0]
     return png_response(data, headers)
 
 
@@ -235,9 +238,22 @@ def require_basis(served: ServedModel):
     return served.basis
 
 
-def require_encoder(served: ServedModel) -> None:
-    if not served.has_encoder:
-        raise ApiError(409, f"model {served.name!r} ({served.manifest.kind}) has no encoder", "use an ae or vae model")
+ProjectionSteps = Annotated[int | None, Query(ge=1, le=1000, description="GAN only: Adam steps of the projection "
+                            "that finds each face's latent (default FACEGEN_PROJECTION_STEPS, 200); the projection also "
+                            "stops at FACEGEN_PROJECTION_TIME_S, and X-Projection-Steps says how many ran", examples=[200])]
+
+
+def require_latents_of_faces(request: Request, served: ServedModel, n_faces: int = 1) -> None:
+    """409 unless `served` can map faces to latents: an encoder, or a GAN's projection (for few enough faces)."""
+    if served.has_encoder:
+        return
+    if not served.can_project:
+        raise ApiError(409, f"model {served.name!r} ({served.manifest.kind}) cannot take faces",
+                       "it has no encoder and is not a GAN; use an ae, vae or gan model")
+    limit = request.app.state.settings.max_projection_faces
+    if n_faces > limit:
+        raise ApiError(409, f"{n_faces} faces to project into {served.name!r}", f"a GAN projects at most "
+                       f"{limit} faces per request (FACEGEN_MAX_PROJECTION_FACES): each takes seconds")
 
 
 async def read_faces(request: Request, files: list[UploadFile], size: int) -> torch.Tensor:
@@ -269,6 +285,33 @@ async def embed(request: Request, served: ServedModel, faces: torch.Tensor) -> t
         raise retired(served) from None
 
 
+async def project(request: Request, served: ServedModel, faces: torch.Tensor, steps: int | None) -> Projected:
+    try:
+        return await request.app.state.projector.project(served, faces, steps or request.app.state.settings.projection_steps)
+    except ProjectorBusy as e:
+        raise ApiError(503, "every projection slot is taken", f"{request.app.state.projector.max_running} projections "
+                       f"run at once (FACEGEN_MAX_PROJECTIONS); retry after {e.retry_after} s",
+                       headers={"Retry-After": str(e.retry_after)}) from None
+
+
+async def latents_of(request: Request, served: ServedModel, faces: torch.Tensor,
+                     steps: int | None) -> tuple[torch.Tensor, dict[str, str]]:
+    """The faces' latents: the encoder's means, or a GAN's projection (whose quality goes in headers)."""
+    if served.has_encoder:
+        return await embed(request, served, faces), {}
+    projected = await project(request, served, faces, steps)
+    return projected.z, projected.headers()
+
+
+async def reconstruct(request: Request, served: ServedModel, faces: torch.Tensor,
+                      steps: int | None) -> tuple[torch.Tensor, dict[str, str]]:
+    """uint8 decodings of the faces' latents, and headers describing them."""
+    if served.has_encoder:
+        return await decode(served, await embed(request, served, faces)), {}
+    projected = await project(request, served, faces, steps)  # it has decoded G(z*) already
+    return projected.images, projected.headers()
+
+
 def originals_over_reconstructions(faces: torch.Tensor, recon: torch.Tensor, width: int = 8) -> tuple[torch.Tensor, int]:
     """Rows of up to `width` originals, each followed by the row of their reconstructions (uint8)."""
     width = min(width, len(faces))
@@ -280,35 +323,85 @@ def originals_over_reconstructions(faces: torch.Tensor, recon: torch.Tensor, wid
     return torch.cat(rows), width
 
 
-async def reconstruction_response(request: Request, served: ServedModel, faces: torch.Tensor, extra: dict) -> Response:
-    recon = await decode(served, await embed(request, served, faces))
+async def reconstruction_png(request: Request, served: ServedModel, faces: torch.Tensor,
+                             steps: int | None) -> tuple[bytes, dict[str, str]]:
+    recon, headers = await reconstruct(request, served, faces, steps)
     images, width = originals_over_reconstructions(faces, recon)
-    data = await asyncio.to_thread(grid_png, images, width)
-    return png_response(data, identity_headers(served.name, served.version, served.precision.name, extra.get("seed")) | extra.get("headers", {}))
+    return await asyncio.to_thread(grid_png, images, width), headers
 
 
 @router.post("/reconstruct", responses=UPLOAD_PNG, response_class=Response)
 async def reconstruct_upload(
     request: Request, served: ServedDep,
     files: Annotated[list[UploadFile], File(min_length=1, max_length=64, description="1-64 face images (PNG, JPEG, "
-                                            "WebP; at most FACEGEN_MAX_FILES); each is centre-cropped and resized to 64×64")],
+                                            "WebP; at most FACEGEN_MAX_FILES, and FACEGEN_MAX_PROJECTION_FACES (8) for a "
+                                            "GAN); each is centre-cropped and resized to 64×64")],
+    steps: ProjectionSteps = None,
 ) -> Response:
-    """Your faces (rows of originals) above the model's reconstructions of them."""
-    require_encoder(served)
+    """Your faces (rows of originals) above the model's reconstructions of them: through the encoder
+    of an AE/VAE, through projection (see /project) for a GAN."""
+    require_latents_of_faces(request, served, len(files))
     faces = await read_faces(request, files, served.net.cfg.img_size)
-    return await reconstruction_response(request, served, faces, {"headers": {"Cache-Control": "no-store"}})
+    data, headers = await reconstruction_png(request, served, faces, steps)
+    return png_response(data, identity_headers(served.name, served.version, served.precision.name, None)
+                        | headers | {"Cache-Control": "no-store"})
 
 
 @router.get("/reconstruct", responses=GET_PNG_409, response_class=Response)
 async def reconstruct_bundled(
     request: Request, served: ServedDep, seed: Seed = 0,
-    n: Annotated[int, Query(ge=1, le=64, description="how many of the bundled held-out faces", examples=[8])] = 8,
+    n: Annotated[int, Query(ge=1, le=64, description="how many of the bundled held-out faces (a GAN projects at most "
+                            "FACEGEN_MAX_PROJECTION_FACES, 8)", examples=[8])] = 8,
+    steps: ProjectionSteps = None,
 ) -> Response:
-    """Held-out faces shipped with the service above the model's reconstructions of them."""
-    require_encoder(served)
+    """Held-out faces shipped with the service above the model's reconstructions of them (a GAN's through projection)."""
     bundled = request.app.state.faces
-    pick = torch.randperm(len(bundled), generator=torch.Generator().manual_seed(seed))[: min(n, len(bundled))]
-    return await reconstruction_response(request, served, bundled[pick], {"seed": seed, "headers": {"Cache-Control": REVALIDATE}})
+    n = min(n, len(bundled))
+    require_latents_of_faces(request, served, n)
+    steps = None if served.has_encoder else steps or request.app.state.settings.projection_steps
+    params = dict(seed=seed, n=n, steps=steps)
+    etag = etag_for(request.url.path, served.name, served.version, served.precision.name, params)
+    headers = identity_headers(served.name, served.version, served.precision.name, seed) | {
+        "ETag": etag, "Cache-Control": IMMUTABLE if request.state.pinned else REVALIDATE}
+    if not_modified(request, etag):
+        return Response(status_code=304, headers=headers)
+    cache = request.app.state.cache
+    hit = cache.get(etag)
+    if hit is None:
+        pick = torch.randperm(len(bundled), generator=torch.Generator().manual_seed(seed))[:n]
+        data, made = await reconstruction_png(request, served, bundled[pick], steps)
+        if made.get("X-Projection-Steps", str(steps)) == str(steps):  # one stopped by the time limit is not the answer
+            cache.put(etag, data, made)
+    else:
+        data, made = hit
+    return png_response(data, headers | made)
+
+
+@router.post("/project", responses=UPLOAD_PNG, response_class=Response)
+async def project_upload(
+    request: Request, served: ServedDep,
+    files: Annotated[list[UploadFile], File(min_length=1, max_length=64, description="face images (PNG, JPEG, WebP; "
+                                            "at most FACEGEN_MAX_PROJECTION_FACES, 8); each is centre-cropped and "
+                                            "resized to 64×64")],
+    steps: ProjectionSteps = None,
+) -> Response:
+    """Each face beside G(z*), the GAN's closest face: z* found by Adam on z from several random starts,
+    minimising the pixel error plus a perceptual distance on the discriminator's features (where the
+    version ships its discriminator), with a term keeping z where N(0, I) puts its mass.
+
+    Deterministic for the same faces and parameters, unless stopped by FACEGEN_PROJECTION_TIME_S.
+    X-Projection-PSNR gives each face's PSNR in dB, X-Projection-Steps the steps run, X-Projection-Seconds
+    the time taken. At most FACEGEN_MAX_PROJECTIONS run at once; more get 503 with Retry-After."""
+    if not served.can_project:
+        raise ApiError(409, f"model {served.name!r} ({served.manifest.kind}) is not a GAN",
+                       "projection is for GANs; an ae or vae reconstructs through its encoder: POST /reconstruct")
+    require_latents_of_faces(request, served, len(files))
+    faces = await read_faces(request, files, served.net.cfg.img_size)
+    projected = await project(request, served, faces, steps)
+    pairs = torch.stack([to_uint8(faces), projected.images], 1).flatten(0, 1)  # face, G(z*), face, G(z*), ...
+    data = await asyncio.to_thread(grid_png, pairs, 2)
+    return png_response(data, identity_headers(served.name, served.version, served.precision.name, None)
+                        | projected.headers() | {"Cache-Control": "no-store"})
 
 
 @router.post("/interpolate", responses=UPLOAD_PNG, response_class=Response)
@@ -318,11 +411,13 @@ async def interpolate_uploads(
     b: Annotated[UploadFile, File(description="second face image")],
     steps: Annotated[int, Query(ge=2, le=32, description="images along the path, ends included")] = 8,
     method: Annotated[Literal["slerp", "lerp"], Query(description="great-circle (slerp) or straight (lerp) path")] = "slerp",
+    projection_steps: ProjectionSteps = None,
 ) -> Response:
-    """A path between the encodings of two uploaded faces (AE/VAE)."""
-    require_encoder(served)
+    """A path between the latents of two uploaded faces: their encodings (AE/VAE) or their projections (GAN)."""
+    require_latents_of_faces(request, served, 2)
     faces = await read_faces(request, [a, b], served.net.cfg.img_size)
-    z = await embed(request, served, faces)
+    z, made = await latents_of(request, served, faces, projection_steps)
     images = await decode(served, interpolation_path(z[:1], z[1:], steps, method)[0])
     data = await asyncio.to_thread(grid_png, images, steps)
-    return png_response(data, identity_headers(served.name, served.version, served.precision.name, None) | {"Cache-Control": "no-store"})
+    return png_response(data, identity_headers(served.name, served.version, served.precision.name, None)
+                        | made | {"Cache-Control": "no-store"})

@@ -1,7 +1,9 @@
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +78,20 @@ def live_server(served_store):
     server = start_server(served_store.root)
     yield server
     server.stop()
+
+
+@contextlib.contextmanager
+def threaded_server(app):
+    """`app` served by uvicorn on a thread of this process: real HTTP, and the test can reach into app.state."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        assert wait_until(lambda: server.started, timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -20,7 +20,7 @@ def server_url(tmp_path_factory):
     store = CheckpointStore(tmp_path_factory.mktemp("openapi") / "checkpoints")
     for kind in ("ae", "vae", "gan"):
         publish_tiny(store, kind)
-    server = start_server(store.root)
+    server = start_server(store.root, {"FACEGEN_PROJECTION_TIME_S": "0.5"})  # a projection of up to 1000 steps stops there
     yield server.url
     server.stop()
 

@@ -15,7 +15,7 @@ from PIL import Image
 from service.app import create_app
 from service.batching import DecodeBatcher, Retired
 from tests.conftest import publish_tiny
-from tests.service.conftest import make_settings, start_server
+from tests.service.conftest import make_settings, start_server, threaded_server
 from tests.service.test_runtime import metric, with_app
 
 HANG = 5.0  # a future still pending after this long is a request that would hang forever
@@ -259,18 +259,8 @@ def test_old_versions_are_bounded_by_bytes_too(served_store):
 
 def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
     """Clients that give up while their rows wait in the queue disconnect; the rows are dropped."""
-    import uvicorn
-
-    from tests.conftest import free_port, wait_until
-
     app = create_app(make_settings(served_store, cache_mb=0))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_until(lambda: server.started, timeout=30)
+    with threaded_server(app) as url:
         batcher = app.state.registry.latest["gan"].batcher
         fast = batcher.forward
         batcher.forward = lambda z: (time.sleep(1.0), fast(z))[1]
@@ -290,8 +280,5 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
         batcher.forward = fast
         assert ask(99, 2, 30) == 200  # and the server carries on
         text = httpx.get(f"{url}/metrics").text
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
     assert metric(text, 'facegen_rows_dropped_total{model="gan"}') == 6 * 5
     assert metric(text, 'facegen_rows_decoded_total{model="gan"}') == 1 + 2

@@ -75,6 +75,10 @@ def test_gan_publishes_the_ema_generator_and_a_ganspace_basis(tmp_path, packed):
     assert "D" in state["modules"] and not any(k.startswith("classifier") for k in published)
     basis = ckpt.pca
     assert basis.n_components == 8 and torch.allclose(basis.components.norm(dim=1), torch.ones(8), atol=1e-5)
+    # the discriminator travels beside G, in the published dtype, for projecting real faces
+    d_key = "classifier.weight"
+    assert ckpt.extras["discriminator." + d_key].dtype == torch.bfloat16
+    torch.testing.assert_close(ckpt.discriminator.state_dict()[d_key], state["modules"]["D"][d_key].bfloat16().float())
 
 
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path, packed):

@@ -1,0 +1,51 @@
+import torch
+
+from models_core.projection import Projection, ProjectionConfig, project, psnr
+from tests.conftest import vivid_generator
+
+
+def samples(g, n, seed):
+    with torch.no_grad():
+        return g.decode(torch.randn(n, g.latent_dim, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_projecting_generated_faces_recovers_them():
+    g, d = vivid_generator()
+    faces = samples(g, 3, seed=1)
+    assert psnr(samples(g, 3, seed=2), faces).max() < 15  # another latent's face is far from these
+    for discriminator in (None, d):
+        z, images, quality = project(g, faces, ProjectionConfig(steps=120), discriminator)
+        assert z.shape == (3, g.latent_dim) and images.shape == faces.shape
+        assert quality.min() > 25, quality
+        torch.testing.assert_close(quality, psnr(images, faces))
+
+
+def test_projection_is_deterministic_and_keeps_the_best_start():
+    g, d = vivid_generator()
+    faces = samples(g, 2, seed=1)
+    cfg = ProjectionConfig(steps=20, starts=3, explore=5)
+    p = Projection(g, faces, cfg, d)
+    p.advance(4)
+    assert p.z.shape[0] == 6  # every start of both faces
+    assert p.result()[0].shape[0] == 2  # the best start of each so far
+    p.advance(100)
+    assert p.finished and p.done == 20 and p.z.shape[0] == 2  # only the best start of each face went on
+    again = Projection(g, faces, cfg, d)
+    again.advance(20)
+    torch.testing.assert_close(p.result()[0], again.result()[0], rtol=0, atol=0)
+
+
+def test_more_steps_never_end_further_away():
+    g, _ = vivid_generator()
+    faces = samples(g, 2, seed=3)
+    short = project(g, faces, ProjectionConfig(steps=10))[2]
+    long = project(g, faces, ProjectionConfig(steps=80))[2]
+    assert (long > short).all()
+
+
+def test_the_prior_term_keeps_latents_on_the_typical_shell():
+    g, _ = vivid_generator()
+    faces = torch.zeros(2, 3, 64, 64)  # a grey square: the pixel loss alone pulls z anywhere
+    z = project(g, faces, ProjectionConfig(steps=60, prior=10.0))[0]
+    radius = z.norm(dim=1) / g.latent_dim**0.5
+    assert ((radius - 1).abs() < 0.1).all(), radius

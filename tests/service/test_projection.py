@@ -1,0 +1,127 @@
+"""GAN projection over HTTP: /project, and /reconstruct and POST /interpolate for a GAN."""
+
+import io
+import threading
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from tests.conftest import publish_vivid_gan, wait_until
+from tests.service.conftest import make_settings, threaded_server
+from tests.service.test_images import grid_side, image_bytes, png_size
+from tests.service.test_runtime import metric
+
+
+@pytest.fixture
+def store(served_store):
+    publish_vivid_gan(served_store)
+    return served_store
+
+
+@pytest.fixture
+def client(store):
+    with TestClient(create_app(make_settings(store))) as c:
+        yield c
+
+
+def upload(*pngs: bytes, field: str = "files"):
+    return [(field, (f"face{i}.png", data, "image/png")) for i, data in enumerate(pngs)]
+
+
+def psnrs(response) -> list[float]:
+    return [float(p) for p in response.headers["x-projection-psnr"].split(",")]
+
+
+def test_projecting_a_generated_face_recovers_it(client):
+    faces = client.get("/sample?model=vivid-gan&n=2&seed=7&nrow=2")
+    grid = Image.open(io.BytesIO(faces.content))
+    crops = []
+    for i in range(2):
+        buffer = io.BytesIO()
+        grid.crop((2 + 66 * i, 2, 66 + 66 * i, 66)).save(buffer, format="PNG")
+        crops.append(buffer.getvalue())
+    r = client.post("/project?model=vivid-gan&steps=150", files=upload(*crops))
+    assert png_size(r) == (grid_side(2), grid_side(2))  # face | G(z*), one face per row
+    assert min(psnrs(r)) > 25, r.headers["x-projection-psnr"]
+    assert r.headers["x-projection-steps"] == "150" and float(r.headers["x-projection-seconds"]) > 0
+    assert r.headers["cache-control"] == "no-store"
+    other = client.post("/project?model=vivid-gan&steps=150", files=upload(image_bytes((30, 160, 60))))
+    assert max(psnrs(other)) < min(psnrs(r))  # a flat green square is not a face of this G
+    again = client.post("/project?model=vivid-gan&steps=150", files=upload(*crops))
+    assert again.content == r.content and again.headers["x-projection-psnr"] == r.headers["x-projection-psnr"]
+
+
+def test_a_gan_reconstructs_and_interpolates_real_faces_through_projection(client):
+    r = client.get("/reconstruct?model=vivid-gan&n=3&steps=20")
+    assert png_size(r) == (grid_side(3), grid_side(2)) and len(psnrs(r)) == 3
+    assert r.headers["x-projection-steps"] == "20" and "etag" in r.headers
+    cached = client.get("/reconstruct?model=vivid-gan&n=3&steps=20")
+    assert cached.content == r.content and cached.headers["x-projection-psnr"] == r.headers["x-projection-psnr"]
+    assert client.get("/reconstruct?model=vivid-gan&n=3&steps=20", headers={"If-None-Match": r.headers["etag"]}).status_code == 304
+    faces = upload(image_bytes((255, 0, 0)), image_bytes((0, 0, 255)))
+    r = client.post("/reconstruct?model=vivid-gan&steps=10", files=faces)
+    assert png_size(r) == (grid_side(2), grid_side(2)) and len(psnrs(r)) == 2
+    r = client.post("/interpolate?model=vivid-gan&steps=5&projection_steps=10",
+                    files={"a": ("a.png", image_bytes((255, 0, 0)), "image/png"), "b": ("b.png", image_bytes((0, 0, 255)), "image/png")})
+    assert png_size(r) == (grid_side(5), grid_side(1)) and len(psnrs(r)) == 2
+
+
+@pytest.mark.parametrize("method,url,files,status,fragment", [
+    ("post", "/project?model=vae", 1, 409, "is not a GAN"),
+    ("post", "/project?model=vivid-gan", 9, 409, "at most 8 faces"),
+    ("get", "/reconstruct?model=vivid-gan&n=9", 0, 409, "at most 8 faces"),
+    ("post", "/project?model=vivid-gan&steps=0", 1, 422, "steps"),
+    ("post", "/project?model=vivid-gan&steps=1001", 1, 422, "steps"),
+    ("post", "/project?model=nope", 1, 404, "unknown model"),
+])
+def test_bad_projection_requests_are_explained(client, method, url, files, status, fragment):
+    r = client.post(url, files=upload(*[image_bytes()] * files)) if method == "post" else client.get(url)
+    assert r.status_code == status, r.text
+    assert fragment in r.text
+
+
+@pytest.mark.parametrize("payload,status", [(b"not an image", 415), (image_bytes()[:100], 422), (b"", 422)])
+def test_bad_uploads_to_project_are_4xx(client, payload, status):
+    r = client.post("/project?model=vivid-gan", files=[("files", ("x.png", payload, "image/png"))])
+    assert r.status_code == status and "'x.png'" in r.json()["error"]
+
+
+def test_projection_stops_at_the_time_limit_with_what_it_has(store):
+    with TestClient(create_app(make_settings(store, projection_time_s=0.3))) as c:
+        r = c.post("/project?model=vivid-gan&steps=1000", files=upload(image_bytes()))
+        assert r.status_code == 200 and 0 < int(r.headers["x-projection-steps"]) < 1000
+        assert metric(c.get("/metrics").text, 'facegen_projections_total{model="vivid-gan",outcome="timed_out"}') == 1
+
+
+def test_projections_are_bounded_share_the_thread_and_stop_when_their_client_goes(store):
+    app = create_app(make_settings(store, max_projections=1, cache_mb=0))
+    with threaded_server(app) as url:
+        def steps_run():
+            return metric(httpx.get(f"{url}/metrics").text, 'facegen_projection_steps_total{model="vivid-gan"}')
+
+        def long_projection():  # ~1000 steps: tens of seconds; its client gives up after 2 s
+            try:
+                httpx.post(f"{url}/project?model=vivid-gan&steps=1000", files=upload(image_bytes()), timeout=2)
+            except httpx.TimeoutException:
+                pass
+
+        client = threading.Thread(target=long_projection)
+        client.start()
+        assert wait_until(lambda: steps_run() > 0, timeout=10)
+        busy = httpx.post(f"{url}/project?model=vivid-gan&steps=5", files=upload(image_bytes()))
+        assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1, busy.text
+        start = time.perf_counter()
+        r = httpx.get(f"{url}/sample?model=gan&n=4&seed=3")  # decoding goes on between the projection's slices
+        assert r.status_code == 200 and time.perf_counter() - start < 1.0
+        client.join()
+        assert wait_until(lambda: metric(httpx.get(f"{url}/metrics").text,
+                                         'facegen_projections_total{model="vivid-gan",outcome="cancelled"}') == 1, timeout=5)
+        stopped_at = steps_run()
+        time.sleep(0.5)
+        assert steps_run() == stopped_at < 1000  # no step ran after its client left
+        r = httpx.post(f"{url}/project?model=vivid-gan&steps=5", files=upload(image_bytes()))
+        assert r.status_code == 200  # the slot is free again
