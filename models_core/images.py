@@ -7,6 +7,8 @@ show the user.
 
 import io
 import warnings
+from functools import cache
+from importlib import resources
 
 import numpy as np
 import torch
@@ -46,6 +48,29 @@ def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndar
         images = to_uint8(images)
     grid = make_grid(images, nrow=nrow, padding=padding, pad_value=255)  # (C, H', W')
     return grid.permute(1, 2, 0).numpy()
+
+
+def originals_over_reconstructions(faces: torch.Tensor, recon: torch.Tensor, width: int = 8) -> tuple[torch.Tensor, int]:
+    """uint8 rows of up to `width` originals, each followed by the row of their reconstructions,
+    and the row width to lay them out with (blank tiles pad the last rows)."""
+    faces, recon = (t if t.dtype == torch.uint8 else to_uint8(t) for t in (faces, recon))
+    width = min(width, len(faces))
+    pad = (-len(faces)) % width
+    blank = torch.full((pad, *faces.shape[1:]), 255, dtype=torch.uint8)
+    faces, recon = torch.cat([faces, blank]), torch.cat([recon, blank])
+    rows = [t for i in range(0, len(faces), width) for t in (faces[i : i + width], recon[i : i + width])]
+    return torch.cat(rows), width
+
+
+def side_by_side(*grids: np.ndarray, gap: int = 12) -> np.ndarray:
+    """Grids (H, W, C) next to each other on white, top-aligned, `gap` pixels apart."""
+    height = max(g.shape[0] for g in grids)
+    parts = []
+    for i, g in enumerate(grids):
+        if i:
+            parts.append(np.full((height, gap, g.shape[2]), 255, np.uint8))
+        parts.append(np.pad(g, ((0, height - g.shape[0]), (0, 0), (0, 0)), constant_values=255))
+    return np.concatenate(parts, axis=1)
 
 
 def encode_png(array: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
@@ -118,3 +143,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+@cache
+def held_out_faces() -> torch.Tensor:
+    """(64, 3, 64, 64) CelebA test-partition faces in [-1, 1], shipped as one 8×8 grid (data/README.md):
+    inputs for reconstructions and projections out of the box."""
+    with resources.files("models_core").joinpath("data/faces.png").open("rb") as f:
+        grid = np.asarray(Image.open(f).convert("RGB"))
+    faces = grid.reshape(8, 64, 8, 64, 3).transpose(0, 2, 4, 1, 3).reshape(64, 3, 64, 64)
+    return from_uint8(torch.from_numpy(np.ascontiguousarray(faces)))

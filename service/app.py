@@ -5,13 +5,10 @@ import contextlib
 import logging
 from importlib import resources
 
-import numpy as np
-import torch
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
-from PIL import Image
 
-from models_core.images import from_uint8
+from models_core.images import held_out_faces
 from service.admission import Admission
 from service.body_limit import BodyLimitMiddleware
 from service.errors import error_responses, install_error_handlers
@@ -31,14 +28,6 @@ models. Image endpoints return PNG grids; the same request against the same vers
 same bytes. Errors are JSON: `{"error": ..., "detail": ...}` (with `problems` for invalid parameters).
 A 503 carries Retry-After. A model that cannot do what is asked (no encoder, no PCA basis, fewer
 latent dimensions than asked) answers 409; /models says what each model has."""
-
-
-def bundled_faces() -> torch.Tensor:
-    """(64, 3, 64, 64) held-out faces in [-1, 1], shipped as one 8×8 PNG grid."""
-    with resources.files("service").joinpath("data/faces.png").open("rb") as f:
-        grid = np.asarray(Image.open(f).convert("RGB"))
-    faces = grid.reshape(8, 64, 8, 64, 3).transpose(0, 2, 4, 1, 3).reshape(64, 3, 64, 64)
-    return from_uint8(torch.from_numpy(np.ascontiguousarray(faces)))
 
 
 MULTIPART_FRAMING = 64 * 1024  # boundaries and part headers around the files themselves
@@ -76,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   responses=error_responses(413, 504))  # any route: a body where none is taken, the deadline
     app.state.settings, app.state.metrics = settings, metrics
     app.state.cache = PngCache(int(settings.cache_mb * 2**20))
-    app.state.faces = bundled_faces()
+    app.state.faces = held_out_faces()
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     app.add_middleware(RequestGuard, timeout=settings.request_timeout_s)

@@ -28,7 +28,7 @@ def tile_stds(png: bytes, tile: int = TILE, pad: int = PAD) -> np.ndarray:
 @cache
 def real_face_std() -> float:
     """The mean tile std of the 64 held-out CelebA faces the service ships (an 8×8 grid, no padding)."""
-    png = resources.files("service").joinpath("data/faces.png").read_bytes()
+    png = resources.files("models_core").joinpath("data/faces.png").read_bytes()
     return float(tile_stds(png, pad=0).mean())
 
 

@@ -8,8 +8,9 @@ import torch
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 
 from models_core.checkpoint import MODEL_NAME_RE, PRIORS
-from models_core.images import ImageDecodeError, UnsupportedImage, decode_image, to_uint8
-from models_core.latent import interpolation_path, latent_sweep
+from models_core.images import ImageDecodeError, UnsupportedImage, decode_image, originals_over_reconstructions, to_uint8
+from models_core import views
+from models_core.latent import interpolation_path
 from service.admission import busy
 from service.batching import QueueFull, Retired
 from service.errors import ApiError, error_responses
@@ -56,18 +57,9 @@ CENTRE_DOC = ("sample (default): a sample of the model, the latent of `seed`: a 
               "In 100 dimensions almost all of a Gaussian's mass lies far from its mean, so the mean is not typical.")
 
 
-def centre_latent(served: ServedModel, centre: str, seed: int) -> torch.Tensor:
-    """(D,) the latent a sweep is centred on."""
-    if centre == "sample":
-        return prior_latents(served, 1, seed)[0]
-    if centre == "mean":
-        return served.checkpoint.prior_moments()[0]
-    return torch.zeros(served.latent_dim)
-
-
 def prior_latents(served: ServedModel, n: int, seed: int, temperature: float = 1.0, prior: str = "auto") -> torch.Tensor:
     try:
-        return served.checkpoint.sample_latents(n, torch.Generator().manual_seed(seed), temperature, prior)
+        return views.prior_latents(served.checkpoint, n, seed, temperature, prior)
     except ValueError as e:
         raise ApiError(409, f"prior={prior} is not available for {served.name}", str(e)) from None
 
@@ -135,11 +127,8 @@ async def interpolate(
     """Paths between latents drawn from seed_a and seed_b, one path per row."""
     params = dict(seed_a=seed_a, seed_b=seed_b, steps=steps, method=method, rows=rows)
 
-    def latents():
-        z0, z1 = prior_latents(served, rows, seed_a), prior_latents(served, rows, seed_b)
-        return interpolation_path(z0, z1, steps, method).reshape(rows * steps, -1)
-
-    return await render(request, served, params, seed_a, steps, latents)
+    return await render(request, served, params, seed_a, steps,
+                        lambda: views.interpolation_latents(served.checkpoint, seed_a, seed_b, steps, method, rows))
 
 
 @router.get("/pca-grid", responses=GET_PNG_409, response_class=Response)
@@ -162,11 +151,8 @@ async def pca_grid(
         raise ApiError(422, "pc_x and pc_y must differ", f"both are {pc_x}")
     params = dict(pc_x=pc_x, pc_y=pc_y, span=span, steps=steps, seed=seed, centre=centre)
 
-    def latents():
-        grid = basis.grid(pc_x, pc_y, span, steps).reshape(steps * steps, -1)
-        return grid - basis.mean + centre_latent(served, centre, seed)
-
-    return await render(request, served, params, seed if centre == "sample" else None, steps, latents)
+    return await render(request, served, params, seed if centre == "sample" else None, steps,
+                        lambda: views.pca_grid_latents(served.checkpoint, basis, pc_x, pc_y, span, steps, centre, seed))
 
 
 COORD = r"-?(?:10(?:\.0+)?|[0-9](?:\.[0-9]+)?)"  # a number within [-10, 10]
@@ -190,10 +176,8 @@ async def pca_point(
                        "principal directions", f"send at most {basis.n_components} values")
     params = dict(coords=",".join(repr(v) for v in values), seed=seed, centre=centre)
 
-    def latents():
-        return basis.to_latent(torch.tensor([values])) - basis.mean + centre_latent(served, centre, seed)
-
-    return await render(request, served, params, seed if centre == "sample" else None, 1, latents)
+    return await render(request, served, params, seed if centre == "sample" else None, 1,
+                        lambda: views.pca_point_latent(served.checkpoint, basis, values, centre, seed))
 
 
 @router.get("/latent-grid", responses=GET_PNG_409, response_class=Response)
@@ -224,12 +208,8 @@ async def latent_grid(
         raise ApiError(422, "dim_x and dim_y must differ", f"both are {dim_x}")
     params = dict(dim_x=dim_x, dim_y=dim_y, span=span, steps=steps, seed=seed, centre=centre, units=units)
 
-    def latents():
-        offsets = latent_sweep(torch.zeros(d), dim_x, dim_y, span, steps).reshape(steps * steps, d)
-        scale = served.checkpoint.prior_moments()[1] if units == "std" else 1.0
-        return centre_latent(served, centre, seed) + offsets * scale
-
-    return await render(request, served, params, seed if centre == "sample" else None, steps, latents)
+    return await render(request, served, params, seed if centre == "sample" else None, steps,
+                        lambda: views.latent_grid_latents(served.checkpoint, dim_x, dim_y, span, steps, centre, seed, units))
 
 
 def require_basis(served: ServedModel):
@@ -310,17 +290,6 @@ async def reconstruct(request: Request, served: ServedModel, faces: torch.Tensor
         return await decode(served, await embed(request, served, faces)), {}
     projected = await project(request, served, faces, steps)  # it has decoded G(z*) already
     return projected.images, projected.headers()
-
-
-def originals_over_reconstructions(faces: torch.Tensor, recon: torch.Tensor, width: int = 8) -> tuple[torch.Tensor, int]:
-    """Rows of up to `width` originals, each followed by the row of their reconstructions (uint8)."""
-    width = min(width, len(faces))
-    pad = (-len(faces)) % width
-    faces = to_uint8(faces)
-    blank = torch.full((pad, *faces.shape[1:]), 255, dtype=torch.uint8)
-    faces, recon = torch.cat([faces, blank]), torch.cat([recon, blank])
-    rows = [t for i in range(0, len(faces), width) for t in (faces[i : i + width], recon[i : i + width])]
-    return torch.cat(rows), width
 
 
 async def reconstruction_png(request: Request, served: ServedModel, faces: torch.Tensor,

@@ -25,3 +25,45 @@ def test_demo_explains_a_missing_model_without_a_traceback(store, tmp_path):
     assert "no published versions of model 'vae'" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_demo("-n", "0")
     assert proc.returncode == 2 and "-n must be between 1 and 1024" in proc.stderr
+
+
+def test_figures_writes_the_study_figures_the_service_would_serve(store, tmp_path):
+    import io
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.conftest import publish_vivid_gan
+    from tests.service.conftest import make_settings
+
+    for kind in ("ae", "vae"):
+        publish_tiny(store, kind)
+    publish_vivid_gan(store, name="gan")
+    out = tmp_path / "figures"
+    proc = run_demo("figures", "--checkpoints", str(store.root), "--out", str(out), "--precision", "fp32",
+                    "--projection-steps", "5")
+    assert proc.returncode == 0, proc.stderr
+    expected = {f"{m}_{f}.png" for m in ("ae", "vae", "gan") for f in ("samples", "reconstructions", "lerp_vs_slerp", "latent_grid")}
+    expected |= {"ae_pca.png", "vae_pca.png", "ae_vs_vae_latent_grid.png"}  # the GAN published here has no basis
+    assert {p.name for p in out.iterdir()} == expected
+    assert Image.open(out / "vae_reconstructions.png").size == (8 * 66 + 2, 4 * 66 + 2)  # 16 faces over 16 reconstructions
+    assert Image.open(out / "gan_reconstructions.png").size == (8 * 66 + 2, 2 * 66 + 2)  # 8 faces over 8 projections
+    assert Image.open(out / "ae_vs_vae_latent_grid.png").size == (2 * (7 * 66 + 2) + 24, 7 * 66 + 2)
+
+    def pixels(png: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+    with TestClient(create_app(make_settings(store))) as client:  # the same view from the API, same pixels
+        for figure, url in [("vae_samples", "/sample?model=vae&n=32&nrow=8&seed=0"),
+                            ("gan_latent_grid", "/latent-grid?model=gan&dim_x=0&dim_y=1&span=3&steps=7"),
+                            ("ae_pca", "/pca-grid?model=ae&pc_x=0&pc_y=1&span=3&steps=7")]:
+            served = pixels(client.get(url).content)
+            assert np.array_equal(pixels((out / f"{figure}.png").read_bytes()), served), figure
+
+
+def test_figures_explains_an_empty_root(store, tmp_path):
+    proc = run_demo("figures", "--checkpoints", str(store.root), "--out", str(tmp_path / "f"))
+    assert proc.returncode == 1 and "no models under" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_demo("figures")
+    assert proc.returncode == 2 and "--out" in proc.stderr

@@ -50,9 +50,9 @@ def inception():
 
 @needs_inception
 def test_fid_and_kid_grow_with_noise_on_the_real_network(inception):
-    from service.app import bundled_faces  # the 64 held-out CelebA faces the project ships
+    from models_core.images import held_out_faces  # the 64 held-out CelebA faces the project ships
 
-    faces = bundled_faces()
+    faces = held_out_faces()
     real, other = faces[:16], faces[16:32]
     ref = fid.inception_features(inception, real, "cpu", progress=False)
     assert ref.shape == (16, 2048)

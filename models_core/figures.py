@@ -1,0 +1,86 @@
+"""The study's figures from a checkpoint root, built from the same latents and decoders the service
+serves (models_core.views): per model its samples, reconstructions of held-out faces (a GAN's by
+projection), lerp vs slerp paths, a PCA grid and a latent-dimension grid; across models the study's
+AE-vs-VAE latent grid. Fixed seeds: reruns write the same images."""
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from models_core import views
+from models_core.checkpoint import Checkpoint
+from models_core.images import image_grid, originals_over_reconstructions, side_by_side, to_uint8
+from models_core.precision import Precision
+from models_core.projection import ProjectionConfig, project
+
+PAIRS = 4  # lerp-vs-slerp: seed pairs, each a lerp row above a slerp row
+STEPS = 8  # images along a path
+GRID = 7  # side of the PCA and latent grids
+SPAN = 3.0
+
+
+class Renderer:
+    """Decodes (and encodes or projects) one checkpoint in the chosen precision, as the service does."""
+
+    def __init__(self, ckpt: Checkpoint, device: torch.device, precision: Precision):
+        self.ckpt, self.device, self.autocast = ckpt, device, precision.autocast(device)
+        self.net = ckpt.model.to(device)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self.autocast():
+            return to_uint8(self.net.decode(z.to(self.device)).float().cpu())
+
+    def reconstruct(self, faces: torch.Tensor, projection_steps: int) -> torch.Tensor:
+        if hasattr(self.net, "embed"):
+            with torch.inference_mode(), self.autocast():
+                z = self.net.embed(faces.to(self.device)).float()
+            return self.decode(z)
+        d = self.ckpt.discriminator
+        _, images, _ = project(self.net, faces.to(self.device), ProjectionConfig(steps=projection_steps),
+                               d.to(self.device) if d is not None else None, self.autocast)
+        return to_uint8(images.cpu())
+
+
+def model_figures(r: Renderer, faces: torch.Tensor, projection_steps: int = 200) -> Iterator[tuple[str, np.ndarray]]:
+    """(figure name, image) for one model."""
+    ckpt = r.ckpt
+    yield "samples", image_grid(r.decode(views.prior_latents(ckpt, 32, seed=0)), nrow=8)
+    n = 16 if hasattr(r.net, "embed") else 8  # a projection takes seconds per face
+    images, width = originals_over_reconstructions(faces[:n], r.reconstruct(faces[:n], projection_steps))
+    yield "reconstructions", image_grid(images, nrow=width)
+    rows = [views.interpolation_latents(ckpt, 2 * i + 1, 2 * i + 2, STEPS, method) for i in range(PAIRS)
+            for method in ("lerp", "slerp")]
+    yield "lerp_vs_slerp", image_grid(r.decode(torch.cat(rows)), nrow=STEPS)
+    if ckpt.pca is not None:
+        yield "pca", image_grid(r.decode(views.pca_grid_latents(ckpt, ckpt.pca, 0, 1, SPAN, GRID)), nrow=GRID)
+    yield "latent_grid", image_grid(r.decode(views.latent_grid_latents(ckpt, 0, 1, SPAN, GRID)), nrow=GRID)
+
+
+def study_latent_grid(r: Renderer) -> np.ndarray:
+    """The study's grid: two raw latent dimensions swept ±3 around z = 0."""
+    z = views.latent_grid_latents(r.ckpt, 0, 1, SPAN, GRID, centre="zero", units="absolute")
+    return image_grid(r.decode(z), nrow=GRID)
+
+
+def write_figures(renderers: dict[str, Renderer], faces: torch.Tensor, out: Path, projection_steps: int = 200,
+                  progress=lambda message: None) -> list[Path]:
+    """Every figure for every model, and the AE-vs-VAE comparison where both are there, as PNGs in `out`."""
+    from models_core.images import encode_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(name: str, image: np.ndarray) -> None:
+        path = out / f"{name}.png"
+        path.write_bytes(encode_png(image))
+        written.append(path)
+        progress(f"{path}  {image.shape[1]}×{image.shape[0]}")
+
+    for name, r in renderers.items():
+        for figure, image in model_figures(r, faces, projection_steps):
+            save(f"{name}_{figure}", image)
+    if "ae" in renderers and "vae" in renderers:
+        save("ae_vs_vae_latent_grid", side_by_side(study_latent_grid(renderers["ae"]), study_latent_grid(renderers["vae"]), gap=24))
+    return written
