@@ -42,12 +42,16 @@ def vivid_generator(seed: int = 0):
     return g, d
 
 
-def publish_vivid_gan(store: CheckpointStore, name: str = "vivid-gan") -> int:
+def publish_vivid_gan(store: CheckpointStore, name: str = "vivid-gan", basis: bool = False) -> int:
     """A vivid_generator published as a GAN version with its discriminator, for projection."""
     from models_core.dcgan import discriminator_extras
+    from trainer.bases import ganspace_basis
 
     g, d = vivid_generator()
-    return store.publish(name, "gan", g.cfg, g.state_dict(), step=10, epoch=1, extras=discriminator_extras(d.state_dict()))
+    extras = discriminator_extras(d.state_dict())
+    if basis:
+        extras |= ganspace_basis(g, torch.device("cpu"), n_samples=64, seed=0).to_tensors()
+    return store.publish(name, "gan", g.cfg, g.state_dict(), step=10, epoch=1, extras=extras)
 
 
 def free_port() -> int:
@@ -64,6 +68,14 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool
             return True
         time.sleep(interval)
     return False
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """item.rep_setup / rep_call / rep_teardown: lets a fixture see whether its test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 @pytest.fixture
