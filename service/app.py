@@ -15,6 +15,7 @@ from service.errors import error_responses, install_error_handlers
 from service.guard import RequestGuard
 from service.methods import AllowedMethods
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
+from service.priority import lower_this_thread
 from service.projection import Projector
 from service.registry import ModelRegistry
 from service.responses import PngCache
@@ -52,6 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.projector = Projector(registry.executor, settings.max_projections, settings.projection_time_s,
                                         on_steps=metrics.observe_projection_steps, on_end=metrics.observe_projection_end)
         await registry.refresh()
+        await asyncio.get_running_loop().run_in_executor(registry.executor, lambda: None)  # starts it at our priority
+        if lower_this_thread(settings.loop_nice):
+            log.info("event loop at nice +%d: decoding comes first under load", settings.loop_nice)
         if not registry.latest:
             log.warning("no models found under %s; /readyz stays 503 until one is published", settings.checkpoint_root)
         poller = asyncio.get_running_loop().create_task(registry.poll())

@@ -5,6 +5,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -249,3 +250,13 @@ def test_without_a_wait_a_lone_request_goes_at_once_and_a_queue_batches_itself()
 
     asyncio.run(body())
     assert sizes == [1, 8]  # the four that queued during the first pass share the next
+
+
+def test_the_event_loop_yields_the_cpu_to_decoding(served_store):
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with TestClient(create_app(make_settings(served_store, loop_nice=5))) as client:
+        loop_thread = client.portal.call(threading.get_native_id)
+        inference_thread = client.app.state.registry.executor.submit(threading.get_native_id).result()
+        assert os.getpriority(os.PRIO_PROCESS, loop_thread) == min(19, base + 5)
+        assert os.getpriority(os.PRIO_PROCESS, inference_thread) == base  # started before the loop was lowered
+        assert client.get("/sample?model=gan&n=2").status_code == 200
