@@ -32,9 +32,10 @@ class Settings(BaseSettings):
     shed_pace_ms: float = Field(100.0, ge=0, description="while a model can admit nothing more, requests for it "
                                 "get their 503 after this pause, so that clients retrying at once cannot keep the CPU "
                                 "busy with refusals")
-    loop_nice: int = Field(10, ge=0, le=19, description="nice value added to the event loop's thread (Linux), so that "
+    loop_nice: int = Field(0, ge=0, le=19, description="nice value added to the event loop's thread (Linux), so that "
                            "under overload the decoder gets the cores before the loop that parses and refuses requests; "
-                           "0 leaves priorities alone")
+                           "0 (default) leaves priorities alone. The loop then also yields to every other process on "
+                           "the machine: use it on a machine that serves only")
     poll_seconds: float = Field(5.0, gt=0, description="how often the checkpoint root is checked for new versions")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_upload_pixels: int = Field(4096 * 4096, ge=1)
