@@ -2,7 +2,7 @@
 
 import asyncio
 import math
-from typing import Annotated, AsyncIterator, Callable, Literal
+from typing import Annotated, AsyncIterator, Awaitable, Callable, Literal
 
 import torch
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
@@ -78,9 +78,10 @@ def retired(served: ServedModel) -> ApiError:
                     "by the version now being served", headers={"Retry-After": "1"})
 
 
-async def render(request: Request, served: ServedModel, params: dict, seed: int | None, nrow: int,
-                 latents: Callable[[], torch.Tensor]) -> Response:
-    """Cached, ETagged PNG of decode(latents()) laid out nrow per row."""
+async def cached_png(request: Request, served: ServedModel, params: dict, seed: int | None,
+                     make: Callable[[], Awaitable[tuple[bytes, dict[str, str], bool]]]) -> Response:
+    """Cached, ETagged PNG response. `make()` gives the PNG, headers describing how it was made,
+    and whether it is the answer to keep for these parameters."""
     etag = etag_for(request.url.path, served.name, served.version, served.precision.name, params)
     headers = identity_headers(served.name, served.version, served.precision.name, seed) | {
         "ETag": etag, "Cache-Control": IMMUTABLE if request.state.pinned else REVALIDATE}
@@ -89,12 +90,22 @@ async def render(request: Request, served: ServedModel, params: dict, seed: int 
     cache = request.app.state.cache
     hit = cache.get(etag)
     if hit is None:
-        images = await decode(served, latents())
-        data = await asyncio.to_thread(grid_png, images, nrow)
-        cache.put(etag, data)
+        data, made, keep = await make()
+        if keep:
+            cache.put(etag, data, made)
     else:
-        data = hit[0]
-    return png_response(data, headers)
+        data, made = hit
+    return png_response(data, headers | made)
+
+
+async def render(request: Request, served: ServedModel, params: dict, seed: int | None, nrow: int,
+                 latents: Callable[[], torch.Tensor]) -> Response:
+    """Cached, ETagged PNG of decode(latents()) laid out nrow per row."""
+    async def make():
+        images = await decode(served, latents())
+        return await asyncio.to_thread(grid_png, images, nrow), {}, True
+
+    return await cached_png(request, served, params, seed, make)
 
 
 def square_nrow(n: int) -> int:
@@ -329,21 +340,14 @@ async def reconstruct_bundled(
     require_latents_of_faces(request, served, n)
     steps = None if served.has_encoder else steps or request.app.state.settings.projection_steps
     params = dict(seed=seed, n=n, steps=steps)
-    etag = etag_for(request.url.path, served.name, served.version, served.precision.name, params)
-    headers = identity_headers(served.name, served.version, served.precision.name, seed) | {
-        "ETag": etag, "Cache-Control": IMMUTABLE if request.state.pinned else REVALIDATE}
-    if not_modified(request, etag):
-        return Response(status_code=304, headers=headers)
-    cache = request.app.state.cache
-    hit = cache.get(etag)
-    if hit is None:
+
+    async def make():
         pick = torch.randperm(len(bundled), generator=torch.Generator().manual_seed(seed))[:n]
         data, made = await reconstruction_png(request, served, bundled[pick], steps)
-        if made.get("X-Projection-Steps", str(steps)) == str(steps):  # one stopped by the time limit is not the answer
-            cache.put(etag, data, made)
-    else:
-        data, made = hit
-    return png_response(data, headers | made)
+        # a projection stopped by the time limit is not the answer for these parameters
+        return data, made, made.get("X-Projection-Steps", str(steps)) == str(steps)
+
+    return await cached_png(request, served, params, seed, make)
 
 
 @router.post("/project", responses=UPLOAD_PNG, response_class=Response)
