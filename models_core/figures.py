@@ -11,7 +11,7 @@ import torch
 
 from models_core import views
 from models_core.checkpoint import Checkpoint
-from models_core.images import image_grid, originals_over_reconstructions, side_by_side, to_uint8
+from models_core.images import encode_png, image_grid, originals_over_reconstructions, side_by_side, to_uint8
 from models_core.precision import Precision
 from models_core.projection import ProjectionConfig, project
 
@@ -67,8 +67,6 @@ def study_latent_grid(r: Renderer) -> np.ndarray:
 def write_figures(renderers: dict[str, Renderer], faces: torch.Tensor, out: Path, projection_steps: int = 200,
                   progress=lambda message: None) -> list[Path]:
     """Every figure for every model, and the AE-vs-VAE comparison where both are there, as PNGs in `out`."""
-    from models_core.images import encode_png
-
     out.mkdir(parents=True, exist_ok=True)
     written = []
 

@@ -103,9 +103,13 @@ class Projection:
             if self.done == self.cfg.explore and self.cfg.starts > 1:
                 self._keep_best_starts()
 
-    def _keep_best_starts(self) -> None:
+    def _best_rows(self) -> torch.Tensor:
+        """(B,) the row of each face's start with the lowest last loss."""
         best = self.losses.view(self.batch, self.cfg.starts).argmin(1) + torch.arange(self.batch) * self.cfg.starts
-        best = best.to(self.z.device)
+        return best.to(self.z.device)
+
+    def _keep_best_starts(self) -> None:
+        best = self._best_rows()
         self.target = self.target[best]
         if self.target_features is not None:
             self.target_features = [f[best] for f in self.target_features]
@@ -115,9 +119,8 @@ class Projection:
     def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z (B, D), G(z) (B, C, H, W) in [-1, 1], PSNR (B,)) for the best start of each face so far."""
         z = self.z.detach()
-        if len(z) != self.batch:  # still exploring: the best start of each face by its last loss
-            best = self.losses.view(self.batch, -1).argmin(1) + torch.arange(self.batch) * self.cfg.starts
-            z = z[best.to(z.device)]
+        if len(z) != self.batch:  # still exploring: the best start of each face so far
+            z = z[self._best_rows()]
         with torch.no_grad(), self.autocast():
             images = self.G.decode(z).float()
         return z, images, psnr(images, self.faces)
