@@ -10,7 +10,7 @@ from trainer.config import MODEL_DEFAULTS, RESUMABLE_OVERRIDES, TrainConfig, def
 TRAIN_DESCRIPTION = """\
 Train an autoencoder, VAE or DCGAN on a prepared CelebA-64 dataset and publish versions into a
 checkpoint store. Defaults are the seed study's: VAE/AE Adam 5e-4, batch 64, beta_KL 0.03,
-100 epochs; GAN Adam 2e-4 betas (0.5, 0.999), batch 32, grad-norm clip 1.0, EMA of G, 200 epochs.
+100 epochs, VAE grad-norm clip 1.0; GAN Adam 2e-4 betas (0.5, 0.999), batch 32, grad-norm clip 1.0, EMA of G, 200 epochs.
 
 Other commands:
   python -m trainer prepare-data SOURCE --out DIR   pack CelebA into a 64×64 uint8 dataset
@@ -37,7 +37,7 @@ def train_parser() -> argparse.ArgumentParser:
     h.add_argument("--lr", type=float, help="Adam learning rate (VAE/AE 5e-4, GAN 2e-4)")
     h.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="Adam betas (VAE/AE 0.9 0.999, GAN 0.5 0.999)")
     h.add_argument("--beta-kl", type=float, help="weight of the KL term for --model vae (default 0.03)")
-    h.add_argument("--grad-clip", type=float, help="max gradient norm, 0 disables (GAN 1.0, VAE/AE off)")
+    h.add_argument("--grad-clip", type=float, help="max gradient norm, 0 disables (GAN and VAE 1.0, AE off)")
     h.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="publish an EMA of the weights (GAN on, VAE/AE off)")
     h.add_argument("--ema-decay", type=float, help="EMA decay per step (default 0.999)")
     h.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips (default on)")
@@ -48,6 +48,9 @@ def train_parser() -> argparse.ArgumentParser:
                    "(CUDA GPUs that support it, CPUs with AVX512-BF16 or AMX), fp32 elsewhere; the choice and why are logged")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the networks")
     r.add_argument("--max-steps", type=int, help="stop after this many steps in total (default: run all epochs)")
+    r.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="train at most this many minutes, then publish and save the resume state as at the end "
+                        "(for a lease or a session of fixed length; --resume goes on from there)")
     r.add_argument("--log-every", type=int, help="steps between metric lines (default 50)")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     o = p.add_argument_group("outputs")
@@ -88,6 +91,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
         parser.error(f"cannot change {', '.join('--' + k.replace('_', '-') for k in sorted(changed))} when resuming; "
                      f"allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE_OVERRIDES))}")
     saved.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES})
+    saved["time_limit"] = given.get("time_limit")  # a budget for this invocation, not inherited
     return TrainConfig.from_dict(saved), run_dir
 
 

@@ -63,13 +63,13 @@ def all_reduce_gradients(module: nn.Module, d: Dist) -> None:
         g.copy_(synced)
 
 
-def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
-    """True on every rank if `flag` is true on any rank (e.g. a stop request)."""
+def max_over_ranks(value: int, d: Dist, device: torch.device) -> int:
+    """The largest of every rank's `value`, on every rank."""
     if not d.enabled:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
+        return value
+    t = torch.tensor([float(value)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return int(t.item())
 
 
 def all_gather_tensor(t: torch.Tensor, d: Dist, device: torch.device) -> list[torch.Tensor]:

@@ -15,7 +15,7 @@ from models_core.precision import choose_precision
 from trainer.bases import ganspace_basis, latent_pca
 from trainer.config import TrainConfig
 from trainer.data import FaceBatches, PackedFaces
-from trainer.distributed import Dist, all_gather_tensor, any_rank, init_distributed, shutdown
+from trainer.distributed import Dist, all_gather_tensor, init_distributed, max_over_ranks, shutdown
 from trainer.ema import EMA
 from trainer.log import RunLog
 from trainer.runs import create_run_dir, write_config
@@ -34,6 +34,7 @@ class TrainResult:
     epoch: int
     published: list[int] = field(default_factory=list)
     stopped_by: int | None = None  # the signal that ended the run early, if any
+    out_of_time: bool = False  # --time-limit ended the run (it published as at a normal end)
 
 
 class StopFlag:
@@ -71,6 +72,19 @@ def train(cfg: TrainConfig, resume_dir: Path | None = None) -> TrainResult:
         return Trainer(cfg, d).run(resume_dir)
     finally:
         shutdown(d)
+
+
+def sudden_jumps(before: dict[str, float], now: dict[str, float], factor: float = 100.0) -> list[str]:
+    """Metrics whose window mean grew more than `factor`-fold in magnitude since the last window.
+
+    A diverging run can stay finite for thousands of steps (a VAE's KL went from ~1e3 to 1e11
+    nats), so the non-finite check alone would let it burn its whole budget unnoticed.
+    """
+    return [k for k, v in now.items() if abs(before.get(k, 0.0)) > 1e-8 and abs(v) > factor * abs(before[k])]
+
+
+# Why train_epoch returned before its epoch ended; ranks agree on the largest.
+KEEP_GOING, OUT_OF_TIME, SIGNALLED = 0, 1, 2
 
 
 class MetricWindow:
@@ -111,6 +125,7 @@ class Trainer:
         self.step = self.epoch = self.batch = 0
         self.published: list[int] = []
         self.last: dict[str, torch.Tensor] = {}
+        self.previous_means: dict[str, float] = {}  # the last logged window, to notice divergence
         self.run_dir: Path | None = None
 
     # --- the run -----------------------------------------------------------------------------
@@ -129,11 +144,13 @@ class Trainer:
         self.log.write(f"run {self.run_dir}: {cfg.model} ({cfg.preset}) on {self.device} in {self.precision.name} "
                        f"({self.precision.reason}), {len(self.batches)} steps/epoch, {total - self.step} steps to go")
         self.window = MetricWindow(self.device, self.step)
+        self.deadline = time.monotonic() + 60 * cfg.time_limit if cfg.time_limit else None
         stop = StopFlag()
         try:
-            while self.step < total:
-                stopped = self.train_epoch(total, stop)
-                if stopped:
+            why = KEEP_GOING
+            while self.step < total and why == KEEP_GOING:
+                why = self.train_epoch(total, stop)
+                if why == SIGNALLED:
                     self.snapshot()
                     self.log.write(f"stopped by signal {stop.signum} at step {self.step}; state saved, "
                                    f"resume with --resume {self.run_dir}")
@@ -141,17 +158,20 @@ class Trainer:
                                        stopped_by=stop.signum or signal.SIGTERM)
                 if self.batch >= len(self.batches):
                     self.epoch, self.batch = self.epoch + 1, 0
-                    if self.step < total:  # the last epoch ends below, with a publish
+                    if self.step < total and why == KEEP_GOING:  # the last epoch ends below, with a publish
                         self.end_of_epoch(publish_now=bool(cfg.publish_every) and self.epoch % cfg.publish_every == 0)
+            if why == OUT_OF_TIME:
+                self.log.write(f"--time-limit of {cfg.time_limit:g} min reached at step {self.step}; publishing, "
+                               f"resume with --resume {self.run_dir}")
             self.end_of_epoch(publish_now=True)
             self.snapshot()
-            return TrainResult(self.run_dir, self.step, self.epoch, self.published)
+            return TrainResult(self.run_dir, self.step, self.epoch, self.published, out_of_time=why == OUT_OF_TIME)
         finally:
             stop.restore()
             self.log.close()
 
-    def train_epoch(self, total: int, stop: StopFlag) -> bool:
-        """Steps until the epoch ends or `total` is reached; True if a signal asked to stop."""
+    def train_epoch(self, total: int, stop: StopFlag) -> int:
+        """Steps until the epoch ends or `total` is reached: KEEP_GOING, or why it left early."""
         cfg = self.cfg
         for x in self.batches.epoch(self.epoch, start=self.batch):
             self.last = self.task.train_step(x)
@@ -164,11 +184,16 @@ class Trainer:
                 self.flush_metrics()
             if self.step % cfg.ckpt_every == 0:
                 self.snapshot()
-            if any_rank(stop.signum is not None, self.dist, self.device):
-                return True
+            why = SIGNALLED if stop.signum is not None else OUT_OF_TIME if self.past_deadline() else KEEP_GOING
+            why = max_over_ranks(why, self.dist, self.device)
+            if why != KEEP_GOING:
+                return why
             if self.step >= total:
                 break
-        return False
+        return KEEP_GOING
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def flush_metrics(self) -> None:
         """Log the window's mean losses; stop with a clear error if any went non-finite."""
@@ -183,6 +208,12 @@ class Trainer:
                 f"{', '.join(bad)} became non-finite between steps {w.last_good_step} and {self.step}; "
                 f"stopping. The last good resume state is in {where}. Try a lower --lr or --precision fp32."
             )
+        jumps = sudden_jumps(self.previous_means, means)
+        if jumps:
+            self.log.write(f"warning: {', '.join(f'{k} {self.previous_means[k]:.4g} -> {means[k]:.4g}' for k in jumps)} "
+                           f"between steps {w.last_good_step} and {self.step}: the run may be diverging "
+                           f"(try a lower --lr, or --grad-clip 1.0 if it is off; resume state in {self.run_dir})")
+        self.previous_means = dict(means)
         means["img_per_s"] = w.steps * self.cfg.batch_size * self.dist.world / max(time.perf_counter() - w.t0, 1e-9)
         means["lr"] = self.cfg.lr
         self.log.scalars(self.step, self.epoch, means)

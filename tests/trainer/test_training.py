@@ -17,6 +17,7 @@ from models_core.precision import choose_precision
 from tests.conftest import wait_until
 from tests.trainer.conftest import REPO, run_trainer
 from trainer.data import PackedFaces
+from trainer.loop import sudden_jumps
 from trainer.state import STATE_FILE, load_training_state
 
 TINY = ["--preset", "tiny", "--no-progress", "--pca-samples", "32"]
@@ -188,6 +189,29 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_stat
     assert CheckpointStore(tmp_path / "ckpt").versions("ae") == []
 
 
+def test_time_limit_publishes_what_it_has_and_resume_goes_on_without_it(tmp_path, packed):
+    proc = train(tmp_path, "ae", "--data", packed, "--epochs", "100000", "--batch-size", "16", "--time-limit", "0.02")
+    assert proc.returncode == 0, proc.stderr
+    assert "--time-limit of 0.02 min reached" in proc.stdout
+    run = run_dir(tmp_path, "ae")
+    state = load_training_state(run / STATE_FILE)
+    store = CheckpointStore(tmp_path / "ckpt")
+    assert store.versions("ae") == [1] and store.load("ae").manifest.step == state["step"] > 0
+    # The budget was for that invocation: a resume without one runs to its own end.
+    resumed = train(tmp_path, "ae", "--resume", "--max-steps", str(state["step"] + 3))
+    assert resumed.returncode == 0, resumed.stderr
+    assert store.load("ae").manifest.step == state["step"] + 3
+    assert json.loads((run / "config.json").read_text())["time_limit"] is None
+
+
+def test_a_loss_that_jumps_a_hundredfold_is_flagged():
+    # The window means of a real seed-VAE run around its divergence (GPU, no gradient clipping).
+    before, after = {"loss": 3.1e3, "recon": 2.0e3, "kl": 1.1e3}, {"loss": 4.2e9, "recon": 2.4e3, "kl": 1.4e11}
+    assert sudden_jumps(before, after) == ["loss", "kl"]
+    assert sudden_jumps(before, {k: 50 * v for k, v in before.items()}) == []
+    assert sudden_jumps({}, after) == [] and sudden_jumps({"kl": 0.0}, {"kl": 5.0}) == []
+
+
 def test_bad_command_lines_are_explained(tmp_path, packed):
     proc = train(tmp_path, "vae")
     assert proc.returncode == 2 and "--data is required" in proc.stderr
@@ -198,7 +222,7 @@ def test_bad_command_lines_are_explained(tmp_path, packed):
         assert proc.returncode == 1 and "no usable CUDA device" in proc.stderr
     proc = run_trainer("--help", cwd=REPO)
     assert proc.returncode == 0
-    for option in ("--beta-kl", "--ema", "--resume", "--ckpt-every", "--publish-every", "prepare-data", "torchrun"):
+    for option in ("--beta-kl", "--ema", "--resume", "--time-limit", "--ckpt-every", "--publish-every", "prepare-data", "torchrun"):
         assert option in proc.stdout
 
 
