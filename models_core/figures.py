@@ -11,7 +11,7 @@ import torch
 
 from models_core import views
 from models_core.checkpoint import Checkpoint
-from models_core.images import encode_png, image_grid, originals_over_reconstructions, side_by_side, to_uint8
+from models_core.images import decode_images, encode_png, image_grid, originals_over_reconstructions, side_by_side, to_uint8
 from models_core.precision import Precision
 from models_core.projection import ProjectionConfig, project
 
@@ -29,8 +29,7 @@ class Renderer:
         self.net = ckpt.model.to(device)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), self.autocast():
-            return to_uint8(self.net.decode(z.to(self.device)).float().cpu())
+        return decode_images(self.net.decode, z, self.device, self.autocast)
 
     def reconstruct(self, faces: torch.Tensor, projection_steps: int) -> torch.Tensor:
         if hasattr(self.net, "embed"):

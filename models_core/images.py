@@ -37,6 +37,16 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
 
 
+def decode_images(decode, z: torch.Tensor, device: torch.device, autocast) -> torch.Tensor:
+    """decode(z) as uint8 (B, C, H, W) on the CPU, under inference mode and `autocast`.
+
+    The service calls this on its inference thread so that the threads encoding PNGs do no tensor
+    maths: each thread that starts a parallel op gets an OpenMP team of its own, and a handful of
+    them oversubscribe a small CPU."""
+    with torch.inference_mode(), autocast():
+        return to_uint8(decode(z.to(device)))
+
+
 def from_uint8(images: torch.Tensor) -> torch.Tensor:
     """uint8 in [0, 255] -> float32 in [-1, 1], same shape."""
     return images.float() / 127.5 - 1

@@ -6,8 +6,6 @@ from typing import Callable
 
 import torch
 
-from models_core.images import to_uint8
-
 log = logging.getLogger("facegen.service")
 
 
@@ -15,14 +13,6 @@ def run_inference(fn, x: torch.Tensor, device: torch.device, autocast) -> torch.
     """fn(x) on the device, without autograd, under the served precision; float32 on the CPU back."""
     with torch.inference_mode(), autocast():
         return fn(x.to(device)).float().cpu()
-
-
-def decode_images(decode, z: torch.Tensor, device: torch.device, autocast) -> torch.Tensor:
-    """uint8 (B, C, H, W) on the CPU. Converted here, on the inference thread, so that the threads
-    encoding PNGs do no tensor maths: each thread that starts a parallel op gets an OpenMP team of
-    its own, and a handful of them oversubscribe a small CPU."""
-    with torch.inference_mode(), autocast():
-        return to_uint8(decode(z.to(device)))
 
 
 def compile_decoder(model: torch.nn.Module, device: torch.device, autocast, label: str) -> Callable:

@@ -54,3 +54,19 @@ def test_options_and_405_list_every_method_of_the_path(server_url):
     assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, POST, OPTIONS"
     assert wrong.json()["error"] == "TRACE is not allowed on /reconstruct"
     assert httpx.delete(f"{server_url}/sample").headers["allow"] == "GET, OPTIONS"
+
+
+def test_the_headers_a_png_comes_with_are_documented_and_sent(server_url):
+    paths = httpx.get(f"{server_url}/openapi.json").json()["paths"]
+    identity, cached = {"X-Model", "X-Model-Version", "X-Precision"}, {"ETag", "Cache-Control", "X-Seed"}
+    projection = {"X-Projection-PSNR", "X-Projection-Steps", "X-Projection-Seconds"}
+    for path, method, names in [("/sample", "get", identity | cached), ("/reconstruct", "get", identity | cached | projection),
+                                ("/project", "post", identity | projection), ("/interpolate", "post", identity | projection)]:
+        assert set(paths[path][method]["responses"]["200"]["headers"]) == names, (path, method)
+    assert set(paths["/sample"]["get"]["responses"]["304"]["headers"]) == identity | cached
+    sample = httpx.get(f"{server_url}/sample", params={"model": "gan", "n": 1, "seed": 3})
+    assert all(h.lower() in sample.headers for h in identity | cached) and sample.headers["x-seed"] == "3"
+    projected = httpx.get(f"{server_url}/reconstruct", params={"model": "gan", "n": 1, "steps": 2}, timeout=60)
+    assert projected.status_code == 200, projected.text
+    assert all(h.lower() in projected.headers for h in identity | projection)
+    assert int(projected.headers["x-projection-steps"]) == 2
