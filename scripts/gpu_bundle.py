@@ -1,0 +1,164 @@
+"""Train the bundled models on a lent GPU within one call, and bring the best versions back.
+
+On the GPU machine (see ../shared/gpu/README.md for carrying the data there):
+
+    python3 scripts/gpu_bundle.py train --data .gpu/img_align_celeba_64.zip --minutes 7 --out "$OUT"
+
+prepares the data, trains every model side by side on the one GPU (each run stops at --minutes
+and publishes every few epochs), scores each published version on the valid split (PSNR of
+reconstructions for AE/VAE, SWD of samples for the GAN: never the test split) and writes to
+--out the best version of each model with its run's logs, byte-shuffled and zlib-compressed
+(bf16 weights shrink ~30%, which the call's 64 MiB return limit needs), plus summary.json with
+every version's score. At home:
+
+    python scripts/gpu_bundle.py unpack FILES_AT --to /tmp/gpu
+    python -m trainer promote --model vae --from /tmp/gpu/ck_vae   # then evaluate on the test split
+"""
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PART_BYTES = 15 * 2**20  # files that come back are at most 16 MiB each
+MAGIC = b"FGBUNDLE1"
+
+# model -> how often a run publishes (epochs), and the valid-split score that picks its best version
+PUBLISH_EVERY = {"ae": 10, "vae": 10, "gan": 10}
+SCORE = {"ae": ("recon_psnr_db", max), "vae": ("recon_psnr_db", max), "gan": ("swd_x1e3_avg", min)}
+
+
+def shuffle_bytes(data: bytes, width: int = 2) -> bytes:
+    """Byte planes of `width`-byte words: bf16's sign/exponent bytes, together, compress well."""
+    padded = data + b"\0" * (-len(data) % width)
+    return np.frombuffer(padded, np.uint8).reshape(-1, width).T.tobytes()
+
+
+def unshuffle_bytes(data: bytes, length: int, width: int = 2) -> bytes:
+    return np.frombuffer(data, np.uint8).reshape(width, -1).T.tobytes()[:length]
+
+
+def pack(paths: dict[str, Path], out: Path, name: str = "bundle") -> list[Path]:
+    """Tar `paths` (archive name -> file or folder), shuffle, compress, split into parts under `out`."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for arcname, path in paths.items():
+            tar.add(path, arcname=arcname)
+    raw = buf.getvalue()
+    blob = MAGIC + len(raw).to_bytes(8, "little") + zlib.compress(shuffle_bytes(raw), 6)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i in range(0, len(blob), PART_BYTES):
+        parts.append(out / f"{name}.part{i // PART_BYTES:02d}")
+        parts[-1].write_bytes(blob[i : i + PART_BYTES])
+    return parts
+
+
+def unpack(folder: Path, to: Path, name: str = "bundle") -> None:
+    parts = sorted(folder.glob(f"{name}.part*"))
+    if not parts:
+        raise SystemExit(f"no {name}.part* files in {folder}")
+    blob = b"".join(p.read_bytes() for p in parts)
+    if not blob.startswith(MAGIC):
+        raise SystemExit(f"{parts[0]} is not a bundle written by this script")
+    length = int.from_bytes(blob[len(MAGIC) : len(MAGIC) + 8], "little")
+    raw = unshuffle_bytes(zlib.decompress(blob[len(MAGIC) + 8 :]), length)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        tar.extractall(to, filter="data")
+
+
+def best_version(model: str, scores: dict[int, dict]) -> int:
+    key, pick = SCORE[model]
+    return pick(scores, key=lambda v: scores[v][key])
+
+
+def trainer(*args, log: Path | None = None, wait: bool = True):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "trainer", *map(str, args)]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.run(cmd, env=env, check=True)
+
+
+def train(args) -> int:
+    work, out = args.work, args.out
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    import torch  # noqa: PLC0415 (only this command needs it)
+
+    print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU", "| torch", torch.__version__)
+    data = work / "data"
+    if not (data / "dataset.json").exists():
+        trainer("prepare-data", args.data, "--out", data, "--no-progress")
+    t0, runs = time.time(), {}
+    for spec in args.models:  # "gan" or "ae:small"
+        model, _, preset = spec.partition(":")
+        runs[model] = trainer("--model", model, "--preset", preset or "seed", "--data", data, "--precision", args.precision,
+                              "--time-limit", args.minutes, "--publish-every", PUBLISH_EVERY[model],
+                              "--publish-dtype", "bfloat16", "--no-progress", "--log-every", 200,
+                              "--runs-dir", work / "runs", "--checkpoints", work / f"ck_{model}", *args.train_args,
+                              log=work / f"{model}.log", wait=False)
+    failed = [m for m, p in runs.items() if p.wait() != 0]
+    print(f"trained {', '.join(runs)} in {time.time() - t0:.0f} s" + (f"; FAILED: {failed}" if failed else ""))
+
+    from models_core.checkpoint import CheckpointStore
+    from trainer.data import PackedFaces
+    from trainer.evaluate import evaluate
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    faces, summary, keep = PackedFaces.open(data), {}, {}
+    for model in runs:
+        store = CheckpointStore(work / f"ck_{model}")
+        scores = {v: evaluate(store, model, v, faces, "valid", args.n, device) for v in store.versions(model)}
+        if not scores:
+            continue
+        best = best_version(model, scores)
+        summary[model] = {"best": best, "by_version": {v: {"epoch": store.read_manifest(model, v).epoch, **s}
+                                                       for v, s in scores.items()}}
+        print(f"{model}: best v{best} by {SCORE[model][0]} on valid:",
+              ", ".join(f"v{v} {s[SCORE[model][0]]:.3f}" for v, s in scores.items()))
+        keep[f"ck_{model}/{model}/{best:06d}"] = store.path(model, best)
+        run = next((work / "runs").glob(f"*-{model}"))
+        for f in ("metrics.jsonl", "config.json"):
+            keep[f"runs/{run.name}/{f}"] = run / f
+        keep[f"logs/{model}.log"] = work / f"{model}.log"
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    parts = pack(keep, out)
+    print(f"packed {len(keep)} entries into {len(parts)} part(s), {sum(p.stat().st_size for p in parts) / 2**20:.1f} MiB")
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="prepare, train side by side, score on valid, pack the best")
+    t.add_argument("--data", type=Path, required=True, help="a CelebA zip or folder (prepare-data's SOURCE)")
+    t.add_argument("--out", type=Path, required=True, help="where the packed parts and summary.json go ($OUT)")
+    t.add_argument("--minutes", type=float, default=7.0, help="training budget of every run (default: %(default)s)")
+    t.add_argument("--models", nargs="+", default=["gan", "vae", "ae:small"], help="MODEL[:PRESET] (default: %(default)s)")
+    t.add_argument("--precision", default="bf16", choices=["auto", "fp32", "bf16"])
+    t.add_argument("--n", type=int, default=2000, help="valid faces to score each version on (default: %(default)s)")
+    t.add_argument("--work", type=Path, default=Path("/tmp/facegen-gpu"), help="scratch folder (default: %(default)s)")
+    t.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="passed on to every trainer run")
+    u = sub.add_parser("unpack", help="join, decompress and extract what train packed")
+    u.add_argument("folder", type=Path, help="the folder holding bundle.part*")
+    u.add_argument("--to", type=Path, required=True)
+    args = p.parse_args(argv)
+    if args.command == "unpack":
+        unpack(args.folder, args.to)
+        print(f"unpacked into {args.to}")
+        return 0
+    return train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
