@@ -14,7 +14,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.batching import DecodeBatcher, Retired
-from tests.conftest import publish_tiny
+from tests.conftest import publish_tiny, wait_until
 from tests.service.conftest import make_settings, start_server, threaded_server
 from tests.service.test_runtime import metric, with_app
 
@@ -142,10 +142,11 @@ def test_hot_swapping_ten_versions_under_load_loses_nothing(served_store):
     try:
         for t in threads:
             t.start()
-        for seed in range(1, 11):
+        for seed in range(1, 11):  # each new version is published once the last one has answered a request
             time.sleep(0.3)
-            publish_tiny(served_store, "ae", seed=seed)
-        time.sleep(1.0)
+            version = publish_tiny(served_store, "ae", seed=seed)
+            assert wait_until(lambda: str(version) in versions, timeout=30), (version, versions)
+        assert wait_until(lambda: len(statuses) > 100, timeout=60)
     finally:
         stop.set()
         for t in threads:
@@ -154,7 +155,7 @@ def test_hot_swapping_ten_versions_under_load_loses_nothing(served_store):
     assert not [t for t in threads if t.is_alive()], "a client is still waiting for an answer"
     assert not errors, errors[:5]
     assert len(statuses) > 100 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-    assert len(versions) >= 5, versions  # the swaps really happened under the load
+    assert {str(v) for v in range(2, 12)} <= versions, versions  # every swap happened under the load
     assert "Traceback" not in output
     print(f"hot swaps: {len(statuses)} requests answered, 10 versions published, {len(versions)} versions served, "
           f"{len(errors)} lost")
@@ -262,8 +263,14 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
     app = create_app(make_settings(served_store, cache_mb=0))
     with threaded_server(app) as url:
         batcher = app.state.registry.latest["gan"].batcher
-        fast = batcher.forward
-        batcher.forward = lambda z: (time.sleep(1.0), fast(z))[1]
+        fast, started, release = batcher.forward, threading.Event(), threading.Event()
+
+        def held_forward(z):  # the first pass waits until the test lets it go: no race with a slow CPU
+            started.set()
+            release.wait(60)
+            return fast(z)
+
+        batcher.forward = held_forward
 
         def ask(seed, n, timeout):
             try:
@@ -271,11 +278,16 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
             except httpx.TimeoutException:
                 return "gave up"
 
-        first = threading.Thread(target=ask, args=(0, 1, 30))  # occupies the forward pass for a second
+        def gone() -> float:
+            return metric(httpx.get(f"{url}/metrics").text, 'facegen_requests_total{endpoint="/sample",model="gan",status="499"}')
+
+        first = threading.Thread(target=ask, args=(0, 1, 60))  # occupies the forward pass
         first.start()
-        time.sleep(0.2)
+        assert started.wait(30)
         with ThreadPoolExecutor(6) as pool:  # these queue behind it, then their clients give up
             assert list(pool.map(lambda s: ask(s, 5, 0.3), range(1, 7))) == ["gave up"] * 6
+        assert wait_until(lambda: gone() == 6, timeout=30)  # the server has seen them go
+        release.set()
         first.join()
         batcher.forward = fast
         assert ask(99, 2, 30) == 200  # and the server carries on
