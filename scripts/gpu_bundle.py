@@ -100,14 +100,16 @@ def train(args) -> int:
     if not (data / "dataset.json").exists():
         trainer("prepare-data", args.data, "--out", data, "--no-progress")
     t0, runs = time.time(), {}
-    for spec in args.models:  # "gan" or "ae:small"
-        model, _, preset = spec.partition(":")
-        runs[model] = trainer("--model", model, "--preset", preset or "seed", "--data", data, "--precision", args.precision,
-                              "--time-limit", args.minutes, "--publish-every", PUBLISH_EVERY[model],
-                              "--publish-dtype", "bfloat16", "--no-progress", "--log-every", 200,
-                              "--runs-dir", work / "runs", "--checkpoints", work / f"ck_{model}", *args.train_args,
-                              log=work / f"{model}.log", wait=False)
-    failed = [m for m, p in runs.items() if p.wait() != 0]
+    for spec in args.models:  # "gan", "ae:small", "gan+augment" (a variant: --augment, named gan-augment)
+        base, *flags = spec.split("+")
+        model, _, preset = base.partition(":")
+        name = "-".join([model, *flags])
+        runs[name] = model, trainer(
+            "--model", model, "--name", name, "--preset", preset or "seed", "--data", data, "--precision", args.precision,
+            "--time-limit", args.minutes, "--publish-every", PUBLISH_EVERY[model], "--publish-dtype", "bfloat16",
+            "--no-progress", "--log-every", 200, "--runs-dir", work / "runs", "--checkpoints", work / f"ck_{name}",
+            *[f"--{f}" for f in flags], *args.train_args, log=work / f"{name}.log", wait=False)
+    failed = [name for name, (_, p) in runs.items() if p.wait() != 0]
     print(f"trained {', '.join(runs)} in {time.time() - t0:.0f} s" + (f"; FAILED: {failed}" if failed else ""))
 
     from models_core.checkpoint import CheckpointStore
@@ -116,21 +118,21 @@ def train(args) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     faces, summary, keep = PackedFaces.open(data), {}, {}
-    for model in runs:
-        store = CheckpointStore(work / f"ck_{model}")
-        scores = {v: evaluate(store, model, v, faces, "valid", args.n, device) for v in store.versions(model)}
+    for name, (model, _) in runs.items():
+        store = CheckpointStore(work / f"ck_{name}")
+        scores = {v: evaluate(store, name, v, faces, "valid", args.n, device) for v in store.versions(name)}
         if not scores:
             continue
         best = best_version(model, scores)
-        summary[model] = {"best": best, "by_version": {v: {"epoch": store.read_manifest(model, v).epoch, **s}
-                                                       for v, s in scores.items()}}
-        print(f"{model}: best v{best} by {SCORE[model][0]} on valid:",
+        summary[name] = {"best": best, "by_version": {v: {"epoch": store.read_manifest(name, v).epoch, **s}
+                                                      for v, s in scores.items()}}
+        print(f"{name}: best v{best} by {SCORE[model][0]} on valid:",
               ", ".join(f"v{v} {s[SCORE[model][0]]:.3f}" for v, s in scores.items()))
-        keep[f"ck_{model}/{model}/{best:06d}"] = store.path(model, best)
-        run = next((work / "runs").glob(f"*-{model}"))
+        keep[f"ck_{name}/{name}/{best:06d}"] = store.path(name, best)
+        run = next((work / "runs").glob(f"*-{name}"))
         for f in ("metrics.jsonl", "config.json"):
             keep[f"runs/{run.name}/{f}"] = run / f
-        keep[f"logs/{model}.log"] = work / f"{model}.log"
+        keep[f"logs/{name}.log"] = work / f"{name}.log"
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     parts = pack(keep, out)
     print(f"packed {len(keep)} entries into {len(parts)} part(s), {sum(p.stat().st_size for p in parts) / 2**20:.1f} MiB")
@@ -144,7 +146,8 @@ def main(argv=None) -> int:
     t.add_argument("--data", type=Path, required=True, help="a CelebA zip or folder (prepare-data's SOURCE)")
     t.add_argument("--out", type=Path, required=True, help="where the packed parts and summary.json go ($OUT)")
     t.add_argument("--minutes", type=float, default=7.0, help="training budget of every run (default: %(default)s)")
-    t.add_argument("--models", nargs="+", default=["gan", "vae", "ae:small"], help="MODEL[:PRESET] (default: %(default)s)")
+    t.add_argument("--models", nargs="+", default=["gan", "vae", "ae:small"],
+                   help="MODEL[:PRESET][+FLAG]: +augment adds --augment and names the run gan-augment (default: %(default)s)")
     t.add_argument("--precision", default="bf16", choices=["auto", "fp32", "bf16"])
     t.add_argument("--n", type=int, default=2000, help="valid faces to score each version on (default: %(default)s)")
     t.add_argument("--work", type=Path, default=Path("/tmp/facegen-gpu"), help="scratch folder (default: %(default)s)")

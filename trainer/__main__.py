@@ -40,6 +40,9 @@ def train_parser() -> argparse.ArgumentParser:
     h.add_argument("--grad-clip", type=float, help="max gradient norm, 0 disables (GAN and VAE 1.0, AE off)")
     h.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="publish an EMA of the weights (GAN on, VAE/AE off)")
     h.add_argument("--ema-decay", type=float, help="EMA decay per step (default 0.999)")
+    h.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="GAN: DiffAugment (colour, translation, cutout) on every image the discriminator sees, real "
+                        "or fake; against a discriminator that memorises a small dataset (default off: the seed's recipe)")
     h.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips (default on)")
     h.add_argument("--seed", type=int, help="seed for init, data order and noise (default 0)")
     r = p.add_argument_group("runtime")

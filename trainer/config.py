@@ -50,6 +50,7 @@ class TrainConfig:
     ema: bool | None = None
     ema_decay: float = 0.999
     flip: bool = True
+    augment: bool = False  # GAN: DiffAugment on everything D sees (trainer/augment.py)
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16
@@ -80,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.publish_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"publish_dtype must be float32, bfloat16 or float16, got {self.publish_dtype!r}")
+        if self.augment and self.model != "gan":
+            raise ValueError(f"--augment is for --model gan (it augments what the discriminator sees), not {self.model}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ValueError(f"time_limit must be > 0 minutes, got {self.time_limit}")
         for key in ("epochs", "batch_size", "ckpt_every", "log_every"):

@@ -8,6 +8,7 @@ import torch.nn as nn
 from models_core.dcgan import Discriminator, Generator, discriminator_extras
 from models_core.losses import discriminator_loss, generator_loss, reconstruction_loss, vae_loss
 from models_core.registry import build_model
+from trainer.augment import diff_augment
 from trainer.config import TrainConfig
 from trainer.distributed import Dist, all_reduce_gradients, broadcast_module
 
@@ -76,6 +77,7 @@ class GANTask:
         self.G, self.run_G = prepare(Generator(cfg.network_config), cfg, device, d)
         self.D, self.run_D = prepare(Discriminator(cfg.network_config), cfg, device, d)
         self.opt_G, self.opt_D = adam(self.G, cfg), adam(self.D, cfg)
+        self.view = diff_augment if cfg.augment else (lambda x: x)  # what D sees of an image
 
     @property
     def inference_net(self) -> nn.Module:
@@ -99,7 +101,7 @@ class GANTask:
 
         # Update D: push D(x) up and D(G(z)) down.
         with self.autocast():
-            real_logits, fake_logits = self.run_D(real).float(), self.run_D(fake.detach()).float()
+            real_logits, fake_logits = self.run_D(self.view(real)).float(), self.run_D(self.view(fake.detach())).float()
         loss_D = discriminator_loss(real_logits, fake_logits)
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
@@ -110,7 +112,7 @@ class GANTask:
         # Update G: make D call the same fakes real. D's weights are frozen for this backward.
         self.D.requires_grad_(False)
         with self.autocast():
-            loss_G = generator_loss(self.run_D(fake).float())
+            loss_G = generator_loss(self.run_D(self.view(fake)).float())
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.backward()
         self.D.requires_grad_(True)

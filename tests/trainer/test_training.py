@@ -220,6 +220,8 @@ def test_bad_command_lines_are_explained(tmp_path, packed):
     proc = train(tmp_path, "vae", "--data", packed, "--device", "cuda:0")
     if not torch.cuda.is_available():
         assert proc.returncode == 1 and "no usable CUDA device" in proc.stderr
+    proc = train(tmp_path, "vae", "--data", packed, "--augment")
+    assert proc.returncode == 2 and "--augment is for --model gan" in proc.stderr
     proc = run_trainer("--help", cwd=REPO)
     assert proc.returncode == 0
     for option in ("--beta-kl", "--ema", "--resume", "--time-limit", "--ckpt-every", "--publish-every", "prepare-data", "torchrun"):
