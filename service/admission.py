@@ -2,7 +2,8 @@
 
 The routes admit each request by the rows it brings (DecodeBatcher.admit). This middleware runs
 first: while a model's budget is already spent, a request for it gets its 503 before routing,
-validation or sampling, so turning clients away stays cheap. The 503 is held for `pace`
+validation or sampling, so turning clients away stays cheap. A GET that revalidates (If-None-Match)
+goes through: the route answers it 304 or from the PNG cache without decoding, when it can. The 503 is held for `pace`
 seconds (no CPU, only a sleeping task): clients that retry at once, as load generators and naive
 retry loops do, otherwise keep the event loop busy with refusals and take the cores the
 admitted requests are decoding on.
@@ -24,7 +25,7 @@ class Admission:
         self.app, self.pace = app, pace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in DECODING_ROUTES:
+        if scope["type"] == "http" and scope["path"] in DECODING_ROUTES and not revalidates(scope):
             served = self.saturated_model(scope)
             if served is not None:
                 scope.setdefault("state", {}).update(model=served.name, endpoint=scope["path"])
@@ -46,6 +47,10 @@ class Admission:
         await asyncio.sleep(self.pace)
         e = busy(served, QueueFull(served.batcher.retry_after()))
         await send_error(send, e.status, e.error, e.detail, [(k.lower().encode(), v.encode()) for k, v in e.headers.items()])
+
+
+def revalidates(scope: Scope) -> bool:
+    return scope["method"] == "GET" and any(k == b"if-none-match" for k, _ in scope["headers"])
 
 
 def busy(served, e: QueueFull) -> ApiError:
