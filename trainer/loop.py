@@ -80,7 +80,12 @@ def sudden_jumps(before: dict[str, float], now: dict[str, float], factor: float 
     A diverging run can stay finite for thousands of steps (a VAE's KL went from ~1e3 to 1e11
     nats), so the non-finite check alone would let it burn its whole budget unnoticed.
     """
-    return [k for k, v in now.items() if abs(before.get(k, 0.0)) > 1e-8 and abs(v) > factor * abs(before[k])]
+    return [k for k, v in now.items()
+            if k in LOSSES and abs(before.get(k, 0.0)) > 1e-8 and abs(v) > factor * abs(before[k])]
+
+
+# What can diverge; D(x) and D(G(z)) are probabilities, and a hundredfold rise from near 0 is no alarm.
+LOSSES = frozenset({"loss", "recon", "kl", "loss_D", "loss_G"})
 
 
 # Why train_epoch returned before its epoch ended; ranks agree on the largest.

@@ -210,6 +210,7 @@ def test_a_loss_that_jumps_a_hundredfold_is_flagged():
     assert sudden_jumps(before, after) == ["loss", "kl"]
     assert sudden_jumps(before, {k: 50 * v for k, v in before.items()}) == []
     assert sudden_jumps({}, after) == [] and sudden_jumps({"kl": 0.0}, {"kl": 5.0}) == []
+    assert sudden_jumps({"D_G_z": 0.001, "loss_G": 3.0}, {"D_G_z": 0.4, "loss_G": 9.0}) == []  # probabilities never alarm
 
 
 def test_bad_command_lines_are_explained(tmp_path, packed):
