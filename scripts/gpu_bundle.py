@@ -5,7 +5,8 @@ On the GPU machine (see ../shared/gpu/README.md for carrying the data there):
     python3 scripts/gpu_bundle.py train --data .gpu/img_align_celeba_64.zip --minutes 7 --out "$OUT"
 
 prepares the data, trains every model side by side on the one GPU (each run stops at --minutes
-and publishes every few epochs), scores each published version on the valid split (PSNR of
+and publishes every few epochs; leave ~2 minutes of the call for preparing, the last publish and
+scoring), scores each published version on the valid split (PSNR of
 reconstructions for AE/VAE, SWD of samples for the GAN: never the test split) and writes to
 --out the best version of each model with its run's logs, byte-shuffled and zlib-compressed
 (bf16 weights shrink ~30%, which the call's 64 MiB return limit needs), plus summary.json with
@@ -19,6 +20,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -72,6 +74,8 @@ def unpack(folder: Path, to: Path, name: str = "bundle") -> None:
         raise SystemExit(f"{parts[0]} is not a bundle written by this script")
     length = int.from_bytes(blob[len(MAGIC) : len(MAGIC) + 8], "little")
     raw = unshuffle_bytes(zlib.decompress(blob[len(MAGIC) + 8 :]), length)
+    if len(raw) != length:
+        raise SystemExit(f"{folder}: the parts hold {len(raw)} bytes, not {length}: one is missing or cut short")
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         tar.extractall(to, filter="data")
 
@@ -99,6 +103,8 @@ def train(args) -> int:
     data = work / "data"
     if not (data / "dataset.json").exists():
         trainer("prepare-data", args.data, "--out", data, "--no-progress")
+    for old in [work / "runs", *work.glob("ck_*")]:  # a warm machine keeps /tmp: score only this call's runs
+        shutil.rmtree(old)
     t0, runs = time.time(), {}
     for spec in args.models:  # "gan", "ae:small", "gan+augment" (a variant: --augment, named gan-augment)
         base, *flags = spec.split("+")

@@ -13,8 +13,11 @@ import torch.nn.functional as F
 
 
 def diff_augment(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) images in [-1, 1] -> augmented images of the same shape; differentiable in x."""
-    return cutout(translate(colour(x)))
+    """(B, C, H, W) images in [-1, 1] -> augmented float32 images of the same shape; differentiable in x.
+
+    In float32 whatever comes in: under bf16 autocast the fakes arrive in bf16 and the reals in
+    float32, and both sides must be changed alike."""
+    return cutout(translate(colour(x.float())))
 
 
 def colour(x: torch.Tensor) -> torch.Tensor:

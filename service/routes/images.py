@@ -33,7 +33,7 @@ IDENTITY_HEADERS = {
 CACHE_HEADERS = {
     "ETag": header("identity of these bytes: model, version, precision and every parameter"),
     "Cache-Control": header("immutable when the request named a version; revalidate when it asked for the latest"),
-    "X-Seed": header("the seed the latents came from", "integer"),
+    "X-Seed": header("the seed the latents came from, when they came from one", "integer"),
 }
 PROJECTION_HEADERS = {  # a GAN answers uploads by projecting them
     "X-Projection-PSNR": header("a GAN's projections only: each face's PSNR against its projection, dB, comma-separated"),

@@ -283,12 +283,14 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
 
         first = threading.Thread(target=ask, args=(0, 1, 60))  # occupies the forward pass
         first.start()
-        assert started.wait(30)
-        with ThreadPoolExecutor(6) as pool:  # these queue behind it, then their clients give up
-            assert list(pool.map(lambda s: ask(s, 5, 0.3), range(1, 7))) == ["gave up"] * 6
-        assert wait_until(lambda: gone() == 6, timeout=30)  # the server has seen them go
-        release.set()
-        first.join()
+        try:
+            assert started.wait(30)
+            with ThreadPoolExecutor(6) as pool:  # these queue behind it, then their clients give up
+                assert list(pool.map(lambda s: ask(s, 5, 0.3), range(1, 7))) == ["gave up"] * 6
+            assert wait_until(lambda: gone() == 6, timeout=30)  # the server has seen them go
+        finally:  # a failed check must not leave the inference thread held
+            release.set()
+            first.join(timeout=60)
         batcher.forward = fast
         assert ask(99, 2, 30) == 200  # and the server carries on
         text = httpx.get(f"{url}/metrics").text

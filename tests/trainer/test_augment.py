@@ -55,3 +55,4 @@ def test_with_augment_the_discriminator_sees_only_augmented_images(tmp_path):
         task.train_step(real)
         assert len(seen) == 3  # D step: real and fake; G step: fake
         assert torch.equal(seen[0], real) is not augment
+        assert torch.equal(seen[1], seen[2]) is not augment  # the G step draws its own augmentation
