@@ -2,11 +2,11 @@
 
 The routes admit each request by the rows it brings (DecodeBatcher.admit). This middleware runs
 first: while a model's budget is already spent, a request for it gets its 503 before routing,
-validation or sampling, so turning clients away stays cheap. A GET that revalidates (If-None-Match)
-goes through: the route answers it 304 or from the PNG cache without decoding, when it can. The 503 is held for `pace`
-seconds (no CPU, only a sleeping task): clients that retry at once, as load generators and naive
-retry loops do, otherwise keep the event loop busy with refusals and take the cores the
-admitted requests are decoding on.
+validation or sampling, so turning clients away stays cheap. The 503 is held for `pace` seconds
+(no CPU, only a sleeping task): clients that retry at once, as load generators and naive retry
+loops do, otherwise keep the event loop busy with refusals and take the cores the admitted
+requests are decoding on. A GET that revalidates (If-None-Match) goes through: the route answers
+it 304 or from the PNG cache without decoding, when it can.
 """
 
 import asyncio

@@ -34,7 +34,6 @@ class TrainResult:
     epoch: int
     published: list[int] = field(default_factory=list)
     stopped_by: int | None = None  # the signal that ended the run early, if any
-    out_of_time: bool = False  # --time-limit ended the run (it published as at a normal end)
 
 
 class StopFlag:
@@ -170,7 +169,7 @@ class Trainer:
                                f"resume with --resume {self.run_dir}")
             self.end_of_epoch(publish_now=True)
             self.snapshot()
-            return TrainResult(self.run_dir, self.step, self.epoch, self.published, out_of_time=why == OUT_OF_TIME)
+            return TrainResult(self.run_dir, self.step, self.epoch, self.published)
         finally:
             stop.restore()
             self.log.close()
