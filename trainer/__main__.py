@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 
 from models_core.checkpoint import WEIGHT_DTYPES
+from models_core.dcgan import DCGAN_PRESETS
+from models_core.vae import VAE_PRESETS
 from trainer.config import MODEL_DEFAULTS, RESUMABLE_OVERRIDES, TrainConfig, default_runs_dir
 
 TRAIN_DESCRIPTION = """\
@@ -28,7 +30,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=sorted(MODEL_DEFAULTS), help="what to train; required unless --resume RUN_DIR, "
                    "whose run says it")
     p.add_argument("--data", type=Path, help="prepared dataset folder (from prepare-data); required unless --resume")
-    p.add_argument("--preset", choices=["seed", "small", "tiny"], help="network size: seed (the study's, default), small (CPU runs), tiny (tests)")
+    p.add_argument(
+        "--preset",
+        choices=list(dict.fromkeys([*VAE_PRESETS, *DCGAN_PRESETS])),
+        help="network size: seed (the study's, default), medium (AE/VAE at 3/4 width: the bundled AE), small (CPU runs), tiny (tests)",
+    )
     p.add_argument("--name", help="model name in the checkpoint store (default: the model kind)")
     p.add_argument("--conv-impl", choices=["native", "scratch"], help="transposed-conv kernel (default: native)")
     h = p.add_argument_group("hyperparameters (defaults depend on --model)")

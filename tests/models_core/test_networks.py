@@ -20,13 +20,18 @@ def test_seed_architectures_have_the_seed_parameter_counts():
     assert n_params(Autoencoder()) == n_params(VAE()) - (16384 * 100 + 100)
 
 
+def test_the_medium_autoencoder_is_the_seed_network_at_three_quarter_width():
+    assert VAE_PRESETS["medium"] == VAEConfig(latent_dim=100, hidden=96)
+    assert n_params(Autoencoder(VAE_PRESETS["medium"])) == 14_871_847  # 30 MB in bf16: what the bundle's 110 MB leaves
+
+
 def test_seed_defaults():
     assert VAEConfig().latent_dim == 100 and VAEConfig().hidden == 128
     assert DCGANConfig().latent_dim == 100 and DCGANConfig().hidden == (128, 256, 512)
     assert VAEConfig().conv_impl == "native" and DCGANConfig().conv_impl == "native"
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small"])
+@pytest.mark.parametrize("preset", ["tiny", "small", "medium"])
 def test_vae_and_ae_shapes(preset):
     cfg = VAE_PRESETS[preset]
     x = torch.rand(2, 3, 64, 64) * 2 - 1
