@@ -6,7 +6,7 @@ validation or sampling, so turning clients away stays cheap. The 503 is held for
 (no CPU, only a sleeping task): clients that retry at once, as load generators and naive retry
 loops do, otherwise keep the event loop busy with refusals and take the cores the admitted
 requests are decoding on. A GET that revalidates (If-None-Match) goes through: the route answers
-it 304 or from the PNG cache without decoding, when it can.
+it 304 or from the PNG cache without decoding, when it can, and its 503 is held like ours when not.
 """
 
 import asyncio
@@ -25,12 +25,24 @@ class Admission:
         self.app, self.pace = app, pace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in DECODING_ROUTES and not revalidates(scope):
+        if scope["type"] == "http" and scope["path"] in DECODING_ROUTES:
             served = self.saturated_model(scope)
-            if served is not None:
+            if served is not None and not revalidates(scope):
                 scope.setdefault("state", {}).update(model=served.name, endpoint=scope["path"])
                 return await self.busy(served, send)
+            if served is not None:  # a revalidation the route cannot answer without decoding is refused there
+                send = self.held_if_refused(send)
         await self.app(scope, receive, send)
+
+    def held_if_refused(self, send: Send) -> Send:
+        """The route's 503 held like ours, so that a retry loop sending If-None-Match cannot skip the pause."""
+
+        async def paced(message):
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                await asyncio.sleep(self.pace)
+            await send(message)
+
+        return paced
 
     @staticmethod
     def saturated_model(scope: Scope):

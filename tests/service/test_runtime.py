@@ -138,7 +138,13 @@ def test_a_saturated_model_is_refused_before_routing_and_others_still_served(ser
 
 
 def test_a_saturated_model_still_answers_revalidation_from_what_it_has(served_store):
-    app = create_app(make_settings(served_store, shed_pace_ms=0))
+    app = create_app(make_settings(served_store, shed_pace_ms=300))
+
+    async def timed(request):
+        start = time.perf_counter()
+        response = await request
+        response.elapsed_s = time.perf_counter() - start
+        return response
 
     async def body(client):
         first = await client.get("/sample?model=gan&n=2&seed=4")
@@ -146,14 +152,15 @@ def test_a_saturated_model_still_answers_revalidation_from_what_it_has(served_st
         gan.pending_rows, gan.refusing = gan.row_budget, True
         unchanged = await client.get("/sample?model=gan&n=2&seed=4", headers={"If-None-Match": first.headers["etag"]})
         stale = await client.get("/sample?model=gan&n=2&seed=4", headers={"If-None-Match": '"other"'})  # a cache hit
-        new = await client.get("/sample?model=gan&n=2&seed=5", headers={"If-None-Match": '"other"'})  # must decode
-        plain = await client.get("/sample?model=gan&n=2&seed=4")
+        new = await timed(client.get("/sample?model=gan&n=2&seed=5", headers={"If-None-Match": '"other"'}))  # must decode
+        plain = await timed(client.get("/sample?model=gan&n=2&seed=4"))
         return first, unchanged, stale, new, plain
 
     first, unchanged, stale, new, plain = asyncio.run(with_app(app, body))
     assert unchanged.status_code == 304 and unchanged.headers["etag"] == first.headers["etag"]
     assert stale.status_code == 200 and stale.content == first.content
     assert new.status_code == 503 and plain.status_code == 503  # refused: early, or by the route's admission
+    assert new.elapsed_s >= 0.3 and plain.elapsed_s >= 0.3  # both refusals held for the pace
 
 
 def test_refusals_last_until_the_backlog_falls_below_90_percent():
