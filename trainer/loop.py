@@ -165,6 +165,7 @@ class Trainer:
                     if self.step < total and why == KEEP_GOING:  # the last epoch ends below, with a publish
                         self.end_of_epoch(publish_now=bool(cfg.publish_every) and self.epoch % cfg.publish_every == 0)
             if why == OUT_OF_TIME:
+                self.snapshot()  # before the publish: a lease that ends while the basis is fitted loses no steps
                 self.log.write(f"--time-limit of {cfg.time_limit:g} min reached at step {self.step}; publishing, "
                                f"resume with --resume {self.run_dir}")
             self.end_of_epoch(publish_now=True)

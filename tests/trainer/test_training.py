@@ -16,8 +16,9 @@ from models_core.images import image_grid
 from models_core.precision import choose_precision
 from tests.conftest import wait_until
 from tests.trainer.conftest import REPO, run_trainer
+from trainer.config import TrainConfig
 from trainer.data import PackedFaces
-from trainer.loop import sudden_jumps
+from trainer.loop import sudden_jumps, train as train_run
 from trainer.state import STATE_FILE, load_training_state
 
 TINY = ["--preset", "tiny", "--no-progress", "--pca-samples", "32"]
@@ -202,6 +203,18 @@ def test_time_limit_publishes_what_it_has_and_resume_goes_on_without_it(tmp_path
     assert resumed.returncode == 0, resumed.stderr
     assert store.load("ae").manifest.step == state["step"] + 3
     assert json.loads((run / "config.json").read_text())["time_limit"] is None
+
+
+def test_at_the_time_limit_the_state_is_saved_before_the_publish(tmp_path, packed, monkeypatch):
+    def lease_ends(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the machine went away while the version was being written
+
+    monkeypatch.setattr(CheckpointStore, "publish", lease_ends)
+    cfg = TrainConfig(model="ae", data=packed, preset="tiny", batch_size=16, epochs=100000, time_limit=0.01,
+                      ckpt_every=10**9, pca_samples=16, runs_dir=tmp_path / "runs", checkpoints=tmp_path / "ckpt", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg)
+    assert load_training_state(run_dir(tmp_path, "ae") / STATE_FILE)["step"] > 0
 
 
 def test_a_loss_that_jumps_a_hundredfold_is_flagged():
