@@ -2,11 +2,11 @@
 
 On the GPU machine (see ../shared/gpu/README.md for carrying the data there):
 
-    python3 scripts/gpu_bundle.py train --data .gpu/img_align_celeba_64.zip --minutes 7 --out "$OUT"
+    python3 scripts/gpu_bundle.py train --data .gpu/img_align_celeba_64.zip --minutes 7 --deadline 9.5 --out "$OUT"
 
-prepares the data, trains every model side by side on the one GPU (each run stops at --minutes
-and publishes every few epochs; leave ~2 minutes of the call for preparing, the last publish and
-scoring), scores each published version on the valid split (PSNR of
+prepares the data, trains every model side by side on the one GPU (each run stops at --minutes,
+or earlier so that the whole call ends by --deadline, and publishes every few epochs), scores the
+published versions on the valid split, newest first, until the deadline (PSNR of
 reconstructions for AE/VAE, SWD of samples for the GAN: never the test split) and writes to
 --out the best version of each model with its run's logs, byte-shuffled and zlib-compressed
 (bf16 weights shrink ~30%, which the call's 64 MiB return limit needs), plus summary.json with
@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -37,6 +38,8 @@ MAGIC = b"FGBUNDLE1"
 # model -> how often a run publishes (epochs), and the valid-split score that picks its best version
 PUBLISH_EVERY = {"ae": 10, "vae": 10, "gan": 10}
 SCORE = {"ae": ("recon_psnr_db", max), "vae": ("recon_psnr_db", max), "gan": ("swd_x1e3_avg", min)}
+# Of the call's --deadline: kept for scoring and packing after training, and for packing alone.
+SCORING_RESERVE_S, PACKING_RESERVE_S = 90, 20
 
 
 def shuffle_bytes(data: bytes, width: int = 2) -> bytes:
@@ -85,6 +88,31 @@ def best_version(model: str, scores: dict[int, dict]) -> int:
     return pick(scores, key=lambda v: scores[v][key])
 
 
+def score_newest_first(versions: list[int], score, deadline: float, clock=time.monotonic) -> dict[int, dict]:
+    """Scores of the newest versions that fit before `deadline`; the newest is always scored."""
+    scores = {}
+    for v in sorted(versions, reverse=True):
+        if scores and clock() >= deadline:
+            break
+        scores[v] = score(v)
+    return scores
+
+
+def finish_runs(runs: dict, deadline: float) -> list[str]:
+    """Wait for every run; one still going at `deadline` is stopped (SIGTERM: it saves its state and leaves,
+    its published versions stay). Returns the runs that failed."""
+    failed = []
+    for name, (_, p) in runs.items():
+        try:
+            code = p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"{name}: still running at the deadline; stopping it")
+            p.terminate()
+            code = p.wait()
+        failed += [name] if code not in (0, 128 + signal.SIGTERM) else []
+    return failed
+
+
 def trainer(*args, log: Path | None = None, wait: bool = True):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "trainer", *map(str, args)]
@@ -94,6 +122,7 @@ def trainer(*args, log: Path | None = None, wait: bool = True):
 
 
 def train(args) -> int:
+    end = time.monotonic() + 60 * args.deadline if args.deadline else float("inf")
     work, out = args.work, args.out
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,16 +135,19 @@ def train(args) -> int:
     for old in [work / "runs", *work.glob("ck_*")]:  # a warm machine keeps /tmp: score only this call's runs
         shutil.rmtree(old)
     t0, runs = time.time(), {}
+    minutes = min(args.minutes, (end - SCORING_RESERVE_S - time.monotonic()) / 60)
+    if minutes <= 0:
+        raise SystemExit(f"--deadline {args.deadline} min leaves no time to train after preparing the data")
     for spec in args.models:  # "gan", "ae:small", "gan+augment" (a variant: --augment, named gan-augment)
         base, *flags = spec.split("+")
         model, _, preset = base.partition(":")
         name = "-".join([model, *flags])
         runs[name] = model, trainer(
             "--model", model, "--name", name, "--preset", preset or "seed", "--data", data, "--precision", args.precision,
-            "--time-limit", args.minutes, "--publish-every", PUBLISH_EVERY[model], "--publish-dtype", "bfloat16",
+            "--time-limit", f"{minutes:.2f}", "--publish-every", PUBLISH_EVERY[model], "--publish-dtype", "bfloat16",
             "--no-progress", "--log-every", 200, "--runs-dir", work / "runs", "--checkpoints", work / f"ck_{name}",
             *[f"--{f}" for f in flags], *args.train_args, log=work / f"{name}.log", wait=False)
-    failed = [name for name, (_, p) in runs.items() if p.wait() != 0]
+    failed = finish_runs(runs, end - SCORING_RESERVE_S / 2)
     print(f"trained {', '.join(runs)} in {time.time() - t0:.0f} s" + (f"; FAILED: {failed}" if failed else ""))
 
     from models_core.checkpoint import CheckpointStore
@@ -126,7 +158,8 @@ def train(args) -> int:
     faces, summary, keep = PackedFaces.open(data), {}, {}
     for name, (model, _) in runs.items():
         store = CheckpointStore(work / f"ck_{name}")
-        scores = {v: evaluate(store, name, v, faces, "valid", args.n, device) for v in store.versions(name)}
+        scores = score_newest_first(store.versions(name), lambda v: evaluate(store, name, v, faces, "valid", args.n, device),
+                                    end - PACKING_RESERVE_S)
         if not scores:
             continue
         best = best_version(model, scores)
@@ -152,7 +185,9 @@ def main(argv=None) -> int:
     t.add_argument("--data", type=Path, required=True, help="a CelebA zip or folder (prepare-data's SOURCE)")
     t.add_argument("--out", type=Path, required=True, help="where the packed parts and summary.json go ($OUT)")
     t.add_argument("--minutes", type=float, default=7.0, help="training budget of every run (default: %(default)s)")
-    t.add_argument("--models", nargs="+", default=["gan", "vae", "ae:small"],
+    t.add_argument("--deadline", type=float, help="minutes from the start by which everything is packed: runs are cut "
+                   f"to leave {SCORING_RESERVE_S} s for scoring and packing, and versions that do not fit are not scored")
+    t.add_argument("--models", nargs="+", default=["gan", "vae", "ae:medium"],
                    help="MODEL[:PRESET][+FLAG]: +augment adds --augment and names the run gan-augment (default: %(default)s)")
     t.add_argument("--precision", default="bf16", choices=["auto", "fp32", "bf16"])
     t.add_argument("--n", type=int, default=2000, help="valid faces to score each version on (default: %(default)s)")

@@ -2,6 +2,9 @@
 version is picked by the valid-split score."""
 
 import importlib.util
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -34,3 +37,23 @@ def test_packed_parts_unpack_to_the_same_bytes_and_bf16_weights_shrink(tmp_path,
 def test_the_best_version_is_the_highest_psnr_or_the_lowest_swd():
     assert gpu_bundle.best_version("vae", {1: {"recon_psnr_db": 21.6}, 2: {"recon_psnr_db": 22.3}, 3: {"recon_psnr_db": 22.2}}) == 2
     assert gpu_bundle.best_version("gan", {1: {"swd_x1e3_avg": 9.1}, 2: {"swd_x1e3_avg": 8.7}, 3: {"swd_x1e3_avg": 10.9}}) == 2
+
+
+def test_scoring_goes_newest_first_until_the_deadline_and_always_scores_the_newest():
+    now = [0.0]
+
+    def score(v):
+        now[0] += 10  # each evaluation takes 10 s
+        return {"recon_psnr_db": float(v)}
+
+    assert list(gpu_bundle.score_newest_first([1, 2, 3, 4], score, deadline=25, clock=lambda: now[0])) == [4, 3, 2]
+    now[0] = 100.0
+    assert list(gpu_bundle.score_newest_first([1, 2, 3], score, deadline=25, clock=lambda: now[0])) == [3]
+
+
+def test_a_run_still_going_at_the_deadline_is_stopped_and_a_crashed_one_reported():
+    trainer_like = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); time.sleep(60)"
+    sleeper = subprocess.Popen([sys.executable, "-c", trainer_like])  # SIGTERM: state saved, exit 128 + 15
+    crashed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    failed = gpu_bundle.finish_runs({"gan": ("gan", sleeper), "vae": ("vae", crashed)}, deadline=time.monotonic() + 1)
+    assert sleeper.returncode is not None and failed == ["vae"]
