@@ -17,6 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hardware import describe
+from models_core import small_map_conv
 from models_core.precision import choose_precision
 from models_core.registry import build_model, get_kind
 from trainer.config import TrainConfig
@@ -62,6 +63,25 @@ def train_step_case(model: str, preset: str, precision, device: torch.device):
     return f"{model} train step", cfg.batch_size, lambda: task.train_step(x)
 
 
+def before_case(model: str, preset: str, precision, device: torch.device):
+    """The same step as it ran before small_map_conv and the fused Adam, for a ratio in the same run."""
+    cfg = TrainConfig(model=model, data=".", preset=preset)
+    torch.manual_seed(0)
+    task = make_task(cfg, device, precision.autocast(device))
+    for name, opt in task.optimizers().items():
+        opt.param_groups[0]["fused"] = False  # the per-tensor loop
+    x = (torch.rand(cfg.batch_size, 3, 64, 64, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last)
+
+    def step():
+        small, small_map_conv.SMALL_MAP_POSITIONS = small_map_conv.SMALL_MAP_POSITIONS, 0
+        try:
+            return task.train_step(x)
+        finally:
+            small_map_conv.SMALL_MAP_POSITIONS = small
+
+    return f"{model} step before", cfg.batch_size, step
+
+
 def decode_case(model: str, preset: str, precision, device: torch.device, batch: int):
     torch.manual_seed(0)
     net = build_model(model, get_kind(model).presets[preset]).to(device).eval()
@@ -84,6 +104,8 @@ def main():
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--models", nargs="+", default=["ae", "vae", "gan"])
+    p.add_argument("--before", action="store_true", help="also time each step as it ran before the GEMM weight "
+                   "gradient for small maps (models_core/small_map_conv.py) and the fused Adam")
     args = p.parse_args()
     device = torch.device(args.device)
     precision = choose_precision(args.precision, device)
@@ -96,6 +118,8 @@ def main():
     print(f"running in {precision.name} ({precision.reason}); fractions are of the {precision.name} GEMM peak, {peak:.0f} GFLOP/s\n")
 
     cases = [train_step_case(m, args.preset, precision, device) for m in args.models]
+    if args.before:
+        cases += [before_case(m, args.preset, precision, device) for m in args.models]
     cases += [decode_case(m, args.preset, precision, device, args.decode_batch) for m in args.models]
     print(f"{'work':17} {'batch':>5} {'GFLOP/img':>10} {'ms/step':>8} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>8}")
     for label, batch, fn in cases:

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models_core import small_map_conv
+
 ConvImpl = Literal["native", "scratch"]
 
 
@@ -47,8 +49,9 @@ def conv_transpose2d(
 class ConvTranspose2d(nn.Module):
     """Transposed convolution with the parameter layout of nn.ConvTranspose2d.
 
-    `impl` picks the kernel: "native" (cuDNN/oneDNN, the fast default) or "scratch" (the
-    zero-insertion formulation above). Both share weights, so a checkpoint runs with either.
+    `impl` picks the kernel: "native" (cuDNN/oneDNN, the fast default; on the CPU the weight
+    gradient out of a small map is a GEMM, see small_map_conv) or "scratch" (the zero-insertion
+    formulation above). Both share weights, so a checkpoint runs with either.
     """
 
     def __init__(
@@ -79,7 +82,7 @@ class ConvTranspose2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.impl == "native":
-            return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding)
+            return small_map_conv.conv2d(x, self.weight, self.bias, self.stride, self.padding, transposed=True)
         return conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from models_core.conv_transpose import ConvImpl, ConvTranspose2d
+from models_core.small_map_conv import Conv2d
 
 N_STAGES = 4  # 64 -> 32 -> 16 -> 8 -> 4
 
@@ -60,7 +61,7 @@ VAE_PRESETS = {
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU())
+    return nn.Sequential(Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
 def up_block(c_in: int, c_out: int, impl: ConvImpl) -> nn.Sequential:

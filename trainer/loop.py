@@ -20,7 +20,7 @@ from trainer.ema import EMA
 from trainer.log import RunLog
 from trainer.runs import create_run_dir, write_config
 from trainer.state import STATE_FILE, load_training_state, save_training_state
-from trainer.tasks import make_task
+from trainer.tasks import load_optimizer_state, make_task
 
 
 class TrainingError(RuntimeError):
@@ -253,7 +253,7 @@ class Trainer:
         for key, module in self.task.modules().items():
             module.load_state_dict(state["modules"][key])
         for key, opt in self.task.optimizers().items():
-            opt.load_state_dict(state["optimizers"][key])
+            load_optimizer_state(opt, state["optimizers"][key])
         if self.ema:
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]

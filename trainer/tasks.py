@@ -19,7 +19,20 @@ def clip(module: nn.Module, max_norm: float) -> None:
 
 
 def adam(module: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
-    return torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=cfg.betas)
+    # The fused kernel: one pass over each tensor instead of ~10. On the CPU the default loop took
+    # 160 ms a step for the seed VAE's 27 M parameters (one core of a 2-core EPYC), fused 21 ms.
+    return torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """load_state_dict, with each state tensor laid out in memory as its parameter is. The fused
+    kernel walks both as flat memory: a channels_last weight beside a contiguous exp_avg (as every
+    tensor comes back from disk) would pair the wrong elements, and the resumed run would drift."""
+    opt.load_state_dict(state)
+    for p, values in opt.state.items():
+        for k, v in values.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                values[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def prepare(net: nn.Module, cfg: TrainConfig, device: torch.device, d: Dist) -> tuple[nn.Module, nn.Module]:
