@@ -22,30 +22,36 @@ SMALL_MAP_POSITIONS = 16
 
 class _SmallMapConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, stride: int, padding: int, transposed: bool):
-        ctx.save_for_backward(x, weight)
+    def forward(ctx, x, weight, bias, stride: int, padding: int, transposed: bool, dtype: torch.dtype | None):
+        # The weight is cast here, not before: its gradient then goes straight into the parameter's own
+        # dtype and memory layout (channels_last in the trainer) in one copy, not three.
+        w = weight if dtype is None else weight.to(dtype)
+        b = bias if dtype is None or bias is None else bias.to(dtype)
+        ctx.save_for_backward(x, w, weight)
         ctx.stride, ctx.padding, ctx.transposed, ctx.has_bias = stride, padding, transposed, bias is not None
         conv = F.conv_transpose2d if transposed else F.conv2d
-        return conv(x, weight, bias, stride, padding)
+        return conv(x, w, b, stride, padding)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
+        x, w, weight = ctx.saved_tensors
         s, p, transposed = ctx.stride, ctx.padding, ctx.transposed
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = grad_w = None
+        grad_x = grad_w = grad_b = None
         if need_x:  # asking the library for the bias gradient too would have it compute the slow weight gradient
             grad_x = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, None, [s, s], [p, p], [1, 1], transposed, [0, 0], 1, [True, False, False])[0]
-        grad_b = grad_out.sum((0, 2, 3)) if need_b and ctx.has_bias else None
+                grad_out, x, w, None, [s, s], [p, p], [1, 1], transposed, [0, 0], 1, [True, False, False])[0]
+        if need_b and ctx.has_bias:
+            grad_b = grad_out.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype)
         if need_w:
-            k = weight.shape[-1]
+            k = w.shape[-1]
             # The small map's side: its positions are the GEMM's inner dimension with the batch.
             small, patches = (x, grad_out) if transposed else (grad_out, x)
             cols = F.unfold(patches, k, padding=p, stride=s)  # (B, C·k², L)
             rows = small.flatten(2).transpose(0, 1).reshape(small.shape[1], -1)  # (C', B·L)
-            grad_w = (rows @ cols.transpose(1, 2).reshape(-1, cols.shape[1])).view_as(weight)
-        return grad_x, grad_w, grad_b, None, None, None
+            product = rows @ cols.transpose(1, 2).reshape(-1, cols.shape[1])
+            grad_w = torch.empty_like(weight).copy_(product.view(weight.shape))
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, transposed: bool = False) -> torch.Tensor:
@@ -54,11 +60,10 @@ def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, transposed: 
     if not (x.device.type == "cpu" and small <= SMALL_MAP_POSITIONS and torch.is_grad_enabled() and weight.requires_grad):
         conv = F.conv_transpose2d if transposed else F.conv2d
         return conv(x, weight, bias, stride, padding)
-    if torch.is_autocast_enabled("cpu"):  # cast as autocast would for conv2d; the casts stay differentiable
-        dtype = torch.get_autocast_dtype("cpu")
-        x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None  # as autocast casts conv2d
+    x = x if dtype is None else x.to(dtype)
     with torch.autocast("cpu", enabled=False):
-        return _SmallMapConv.apply(x, weight, bias, stride, padding, transposed)
+        return _SmallMapConv.apply(x, weight, bias, stride, padding, transposed, dtype)
 
 
 def _out_positions(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> int:
