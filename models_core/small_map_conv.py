@@ -29,6 +29,7 @@ class _SmallMapConv(torch.autograd.Function):
         b = bias if dtype is None or bias is None else bias.to(dtype)
         ctx.save_for_backward(x, w, weight)
         ctx.stride, ctx.padding, ctx.transposed, ctx.has_bias = stride, padding, transposed, bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         conv = F.conv_transpose2d if transposed else F.conv2d
         return conv(x, w, b, stride, padding)
 
@@ -42,7 +43,7 @@ class _SmallMapConv(torch.autograd.Function):
             grad_x = torch.ops.aten.convolution_backward(
                 grad_out, x, w, None, [s, s], [p, p], [1, 1], transposed, [0, 0], 1, [True, False, False])[0]
         if need_b and ctx.has_bias:
-            grad_b = grad_out.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype)
+            grad_b = grad_out.sum((0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype)
         if need_w:
             k = w.shape[-1]
             # The small map's side: its positions are the GEMM's inner dimension with the batch.
@@ -55,9 +56,11 @@ class _SmallMapConv(torch.autograd.Function):
 
 
 def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, transposed: bool = False) -> torch.Tensor:
-    """F.conv2d, or F.conv_transpose2d with `transposed`, with the GEMM weight gradient where it pays."""
+    """F.conv2d, or F.conv_transpose2d with `transposed`, with the GEMM weight gradient where it pays.
+    Square kernels, the same stride and padding on both axes, a batch (B, C, H, W)."""
     small = x.shape[-2] * x.shape[-1] if transposed else _out_positions(x, weight, stride, padding)
-    if not (x.device.type == "cpu" and small <= SMALL_MAP_POSITIONS and torch.is_grad_enabled() and weight.requires_grad):
+    if not (x.device.type == "cpu" and x.dim() == 4 and x.shape[0] > 0 and small <= SMALL_MAP_POSITIONS
+            and torch.is_grad_enabled() and weight.requires_grad):
         conv = F.conv_transpose2d if transposed else F.conv2d
         return conv(x, weight, bias, stride, padding)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None  # as autocast casts conv2d

@@ -38,8 +38,9 @@ MAGIC = b"FGBUNDLE1"
 # model -> how often a run publishes (epochs), and the valid-split score that picks its best version
 PUBLISH_EVERY = {"ae": 10, "vae": 10, "gan": 10}
 SCORE = {"ae": ("recon_psnr_db", max), "vae": ("recon_psnr_db", max), "gan": ("swd_x1e3_avg", min)}
-# Of the call's --deadline: kept for scoring and packing after training, and for packing alone.
-SCORING_RESERVE_S, PACKING_RESERVE_S = 90, 20
+# Seconds of the call's --deadline kept, after the runs' training budget, for: a run's start-up before
+# its clock starts and its last publish and snapshots; scoring; packing.
+RUN_OVERHEAD_S, SCORING_S, PACKING_S = 60, 60, 20
 
 
 def shuffle_bytes(data: bytes, width: int = 2) -> bytes:
@@ -98,18 +99,23 @@ def score_newest_first(versions: list[int], score, deadline: float, clock=time.m
     return scores
 
 
-def finish_runs(runs: dict, deadline: float) -> list[str]:
+def finish_runs(runs: dict, deadline: float, grace: float = 15.0) -> list[str]:
     """Wait for every run; one still going at `deadline` is stopped (SIGTERM: it saves its state and leaves,
-    its published versions stay). Returns the runs that failed."""
+    its published versions stay; killed if it has not left `grace` s later). Returns the runs that failed."""
     failed = []
     for name, (_, p) in runs.items():
         try:
-            code = p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            code = p.wait(timeout=None if deadline == float("inf") else max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             print(f"{name}: still running at the deadline; stopping it")
             p.terminate()
-            code = p.wait()
-        failed += [name] if code not in (0, 128 + signal.SIGTERM) else []
+            try:
+                code = p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                code = p.wait()
+        # Stopped on purpose: the trainer's exit after SIGTERM (128 + 15), or the signal itself before it could catch it.
+        failed += [name] if code not in (0, 128 + signal.SIGTERM, -signal.SIGTERM) else []
     return failed
 
 
@@ -135,9 +141,9 @@ def train(args) -> int:
     for old in [work / "runs", *work.glob("ck_*")]:  # a warm machine keeps /tmp: score only this call's runs
         shutil.rmtree(old)
     t0, runs = time.time(), {}
-    minutes = min(args.minutes, (end - SCORING_RESERVE_S - time.monotonic()) / 60)
-    if minutes <= 0:
-        raise SystemExit(f"--deadline {args.deadline} min leaves no time to train after preparing the data")
+    minutes = min(args.minutes, (end - RUN_OVERHEAD_S - SCORING_S - PACKING_S - time.monotonic()) / 60)
+    if minutes < 0.5:
+        raise SystemExit(f"--deadline {args.deadline} min leaves under half a minute to train after preparing the data")
     for spec in args.models:  # "gan", "ae:small", "gan+augment" (a variant: --augment, named gan-augment)
         base, *flags = spec.split("+")
         model, _, preset = base.partition(":")
@@ -147,7 +153,7 @@ def train(args) -> int:
             "--time-limit", f"{minutes:.2f}", "--publish-every", PUBLISH_EVERY[model], "--publish-dtype", "bfloat16",
             "--no-progress", "--log-every", 200, "--runs-dir", work / "runs", "--checkpoints", work / f"ck_{name}",
             *[f"--{f}" for f in flags], *args.train_args, log=work / f"{name}.log", wait=False)
-    failed = finish_runs(runs, end - SCORING_RESERVE_S / 2)
+    failed = finish_runs(runs, end - SCORING_S - PACKING_S)
     print(f"trained {', '.join(runs)} in {time.time() - t0:.0f} s" + (f"; FAILED: {failed}" if failed else ""))
 
     from models_core.checkpoint import CheckpointStore
@@ -156,10 +162,12 @@ def train(args) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     faces, summary, keep = PackedFaces.open(data), {}, {}
-    for name, (model, _) in runs.items():
+    for i, (name, (model, _)) in enumerate(runs.items()):
         store = CheckpointStore(work / f"ck_{name}")
+        now = time.monotonic()
+        share = now + (end - PACKING_S - now) / (len(runs) - i)  # the scoring time left, shared by the runs left
         scores = score_newest_first(store.versions(name), lambda v: evaluate(store, name, v, faces, "valid", args.n, device),
-                                    end - PACKING_RESERVE_S)
+                                    share)
         if not scores:
             continue
         best = best_version(model, scores)
@@ -185,8 +193,9 @@ def main(argv=None) -> int:
     t.add_argument("--data", type=Path, required=True, help="a CelebA zip or folder (prepare-data's SOURCE)")
     t.add_argument("--out", type=Path, required=True, help="where the packed parts and summary.json go ($OUT)")
     t.add_argument("--minutes", type=float, default=7.0, help="training budget of every run (default: %(default)s)")
-    t.add_argument("--deadline", type=float, help="minutes from the start by which everything is packed: runs are cut "
-                   f"to leave {SCORING_RESERVE_S} s for scoring and packing, and versions that do not fit are not scored")
+    t.add_argument("--deadline", type=float, help="minutes from the start by which everything is packed: runs train "
+                   f"until {RUN_OVERHEAD_S + SCORING_S + PACKING_S} s before it at the latest (start-up, last publish, "
+                   "scoring, packing), and versions that do not fit are not scored")
     t.add_argument("--models", nargs="+", default=["gan", "vae", "ae:medium"],
                    help="MODEL[:PRESET][+FLAG]: +augment adds --augment and names the run gan-augment (default: %(default)s)")
     t.add_argument("--precision", default="bf16", choices=["auto", "fp32", "bf16"])

@@ -55,5 +55,8 @@ def test_a_run_still_going_at_the_deadline_is_stopped_and_a_crashed_one_reported
     trainer_like = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); time.sleep(60)"
     sleeper = subprocess.Popen([sys.executable, "-c", trainer_like])  # SIGTERM: state saved, exit 128 + 15
     crashed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
-    failed = gpu_bundle.finish_runs({"gan": ("gan", sleeper), "vae": ("vae", crashed)}, deadline=time.monotonic() + 1)
-    assert sleeper.returncode is not None and failed == ["vae"]
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+    runs = {"gan": ("gan", sleeper), "vae": ("vae", crashed), "ae": ("ae", stubborn)}
+    failed = gpu_bundle.finish_runs(runs, deadline=time.monotonic() + 1, grace=1)
+    assert sleeper.returncode == 143 and stubborn.returncode == -9  # the one that ignored SIGTERM was killed
+    assert failed == ["vae", "ae"]

@@ -28,10 +28,15 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
     """load_state_dict, with each state tensor laid out in memory as its parameter is. The fused
     kernel walks both as flat memory: a channels_last weight beside a contiguous exp_avg (as every
     tensor comes back from disk) would pair the wrong elements, and the resumed run would drift."""
+    fused = opt.defaults.get("fused")
     opt.load_state_dict(state)
+    for group in opt.param_groups:
+        group["fused"] = fused  # a state saved by the per-tensor loop (runs before it was fused) resumes fused
     for p, values in opt.state.items():
         for k, v in values.items():
-            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+            if k == "step" and fused:
+                values[k] = v.to(device=p.device, dtype=torch.float32)  # where the fused kernel reads it
+            elif torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
                 values[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 

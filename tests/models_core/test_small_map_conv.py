@@ -54,6 +54,8 @@ def test_larger_maps_and_inference_keep_the_library_path():
     assert "SmallMapConv" not in conv(big).grad_fn.name()
     with torch.no_grad():
         assert conv(torch.randn(2, 8, 8, 8)).grad_fn is None
+    conv(torch.randn(8, 8, 8)).sum().backward()  # unbatched, as nn.Conv2d allows: the library's path
+    conv(torch.randn(0, 8, 8, 8)).sum().backward()  # an empty batch too
 
 
 def test_a_vae_step_has_the_same_gradients_either_way(monkeypatch):

@@ -19,7 +19,8 @@ from tests.trainer.conftest import REPO, run_trainer
 from trainer.config import TrainConfig
 from trainer.data import PackedFaces
 from trainer.loop import sudden_jumps, train as train_run
-from trainer.state import STATE_FILE, load_training_state
+from trainer.state import STATE_FILE, load_training_state, save_training_state
+from trainer.tasks import load_optimizer_state
 
 TINY = ["--preset", "tiny", "--no-progress", "--pca-samples", "32"]
 
@@ -253,3 +254,22 @@ def test_torchrun_two_cpu_processes_publish_one_version(tmp_path, packed):
     assert store.versions("gan") == [1]
     assert store.load("gan").manifest.step == 8  # 64 faces / (8 per rank × 2 ranks) = 4 steps per epoch
     assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def test_a_restored_fused_adam_pairs_each_weight_with_its_own_moments(tmp_path):
+    def run(steps, restore_at=None, fused_before=True):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(8, 6, 4, 4).contiguous(memory_format=torch.channels_last))
+        opt = torch.optim.Adam([w], 1e-2, fused=fused_before if restore_at else True)
+        for i in range(steps):
+            w.grad = torch.randn(8, 6, 4, 4).contiguous(memory_format=torch.channels_last)
+            opt.step()
+            if i == restore_at:  # through disk, as --resume does: every tensor comes back contiguous
+                save_training_state(tmp_path / "s.safetensors", {"opt": opt.state_dict()})
+                opt = torch.optim.Adam([w], 1e-2, fused=True)
+                load_optimizer_state(opt, load_training_state(tmp_path / "s.safetensors")["opt"])
+                assert opt.param_groups[0]["fused"]
+        return w.detach()
+
+    assert torch.equal(run(4), run(4, restore_at=1))
+    assert torch.allclose(run(4), run(4, restore_at=1, fused_before=None), atol=1e-6)  # saved by the per-tensor loop
