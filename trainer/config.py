@@ -22,7 +22,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # Keys a resumed run may change; everything else must stay as the run started.
-RESUMABLE_OVERRIDES = {"data", "epochs", "max_steps", "time_limit", "ckpt_every", "publish_every", "log_every", "device", "progress"}  # data: checked by fingerprint
+RESUMABLE_OVERRIDES = {"data", "epochs", "max_steps", "time_limit", "lr_warmdown", "ckpt_every", "publish_every", "log_every", "device", "progress"}  # data: checked by fingerprint
 
 
 def default_runs_dir() -> Path:
@@ -47,6 +47,7 @@ class TrainConfig:
     betas: tuple[float, float] | None = None
     beta_kl: float = DEFAULT_BETA_KL
     grad_clip: float | None = None  # max grad norm; 0 disables
+    lr_warmdown: float = 0.0  # epochs at the end of the run over which the LR falls linearly to 0; 0 = constant (the seed's)
     ema: bool | None = None
     ema_decay: float = 0.999
     flip: bool = True
@@ -83,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"publish_dtype must be float32, bfloat16 or float16, got {self.publish_dtype!r}")
         if self.augment and self.model != "gan":
             raise ValueError(f"--augment is for --model gan (it augments what the discriminator sees), not {self.model}")
+        if self.lr_warmdown < 0:
+            raise ValueError(f"lr_warmdown must be >= 0 epochs, got {self.lr_warmdown}")
         if self.time_limit is not None and self.time_limit <= 0:
             raise ValueError(f"time_limit must be > 0 minutes, got {self.time_limit}")
         for key in ("epochs", "batch_size", "ckpt_every", "log_every"):

@@ -88,6 +88,13 @@ LOSSES = frozenset({"loss", "recon", "kl", "loss_D", "loss_G"})
 
 
 # Why train_epoch returned before its epoch ended; ranks agree on the largest.
+def lr_at(step: int, total: int, lr: float, warmdown_steps: int) -> float:
+    """Constant, then a linear fall to 0 over the last `warmdown_steps` steps of `total`."""
+    if warmdown_steps <= 0:
+        return lr
+    return lr * min(1.0, (total - step) / warmdown_steps)
+
+
 KEEP_GOING, OUT_OF_TIME, SIGNALLED = 0, 1, 2
 
 
@@ -127,6 +134,7 @@ class Trainer:
         self.store = CheckpointStore(cfg.checkpoints)
         self.fixed_z = sample_prior(64, self.task.inference_net.latent_dim, torch.Generator().manual_seed(cfg.seed)).to(self.device)
         self.step = self.epoch = self.batch = 0
+        self.lr = cfg.lr
         self.published: list[int] = []
         self.last: dict[str, torch.Tensor] = {}
         self.previous_means: dict[str, float] = {}  # the last logged window, to notice divergence
@@ -179,6 +187,7 @@ class Trainer:
         """Steps until the epoch ends or `total` is reached: KEEP_GOING, or why it left early."""
         cfg = self.cfg
         for x in self.batches.epoch(self.epoch, start=self.batch):
+            self.set_lr(total)
             self.last = self.task.train_step(x)
             if self.ema:
                 self.ema.update(self.task.inference_net)
@@ -196,6 +205,12 @@ class Trainer:
             if self.step >= total:
                 break
         return KEEP_GOING
+
+    def set_lr(self, total: int) -> None:
+        self.lr = lr_at(self.step, total, self.cfg.lr, round(self.cfg.lr_warmdown * len(self.batches)))
+        for opt in self.task.optimizers().values():
+            for group in opt.param_groups:
+                group["lr"] = self.lr
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -220,7 +235,7 @@ class Trainer:
                            f"(try a lower --lr, or --grad-clip 1.0 if it is off; resume state in {self.run_dir})")
         self.previous_means = dict(means)
         means["img_per_s"] = w.steps * self.cfg.batch_size * self.dist.world / max(time.perf_counter() - w.t0, 1e-9)
-        means["lr"] = self.cfg.lr
+        means["lr"] = self.lr
         self.log.scalars(self.step, self.epoch, means)
         w.reset(self.step)
 

@@ -18,7 +18,7 @@ from tests.conftest import wait_until
 from tests.trainer.conftest import REPO, run_trainer
 from trainer.config import TrainConfig
 from trainer.data import PackedFaces
-from trainer.loop import sudden_jumps, train as train_run
+from trainer.loop import lr_at, sudden_jumps, train as train_run
 from trainer.state import STATE_FILE, load_training_state, save_training_state
 from trainer.tasks import load_optimizer_state
 
@@ -216,6 +216,17 @@ def test_at_the_time_limit_the_state_is_saved_before_the_publish(tmp_path, packe
     with pytest.raises(KeyboardInterrupt):
         train_run(cfg)
     assert load_training_state(run_dir(tmp_path, "ae") / STATE_FILE)["step"] > 0
+
+
+def test_a_warmdown_added_on_resume_ends_the_run_with_a_linear_fall_of_the_lr(tmp_path, packed):
+    assert train(tmp_path, "ae", "--data", packed, "--epochs", "2", "--batch-size", "16", "--log-every", "1",
+                 "--max-steps", "3").returncode == 0
+    resumed = train(tmp_path, "ae", "--resume", "--max-steps", "100", "--lr-warmdown", "1")  # 4 steps per epoch: the last 4 of 8
+    assert resumed.returncode == 0, resumed.stderr
+    lines = [json.loads(line) for line in (run_dir(tmp_path, "ae") / "metrics.jsonl").read_text().splitlines()]
+    assert [(l["step"], l["lr"]) for l in lines] == [(1, 5e-4), (2, 5e-4), (3, 5e-4), (4, 5e-4), (5, 5e-4),
+                                                    (6, 3.75e-4), (7, 2.5e-4), (8, 1.25e-4)]
+    assert lr_at(0, 100, 1e-3, 0) == lr_at(99, 100, 1e-3, 0) == 1e-3  # no warm-down: the seed's constant LR
 
 
 def test_a_loss_that_jumps_a_hundredfold_is_flagged():
