@@ -8,7 +8,7 @@ third of the VAE's training step. Here the forward pass and the input gradient s
 library, which is fast at every shape, and the weight gradient is the im2col product
     conv:       dW = dY · unfold(X)ᵀ       (dY: C_out × B·L, unfold(X): B·L × C_in·k²)
     transposed: dW = X · unfold(dY)ᵀ       (X: C_in × B·L, unfold(dY): B·L × C_out·k²)
-where L is the small map's positions. `bench/conv_weight_grad.py` measures both ways per layer.
+where L is the small map's positions. `bench/roofline.py --before` times the steps both ways.
 """
 
 import torch
