@@ -2,11 +2,13 @@
 
 import asyncio
 import contextlib
+import gc
 import logging
 from importlib import resources
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+from starlette.types import Receive, Scope, Send
 
 from models_core.images import held_out_faces
 from service.admission import Admission
@@ -42,12 +44,31 @@ def body_limits(settings: Settings) -> dict[tuple[str, str], int]:
             ("POST", "/project"): settings.max_projection_faces * upload + MULTIPART_FRAMING}
 
 
+class Service(FastAPI):
+    """FastAPI behind Admission: a request for a saturated model is refused before FastAPI's own
+    layers and the middleware stack see it."""
+
+    def __init__(self, shed_pace: float, shed_rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.admission = Admission(super().__call__, self, shed_pace, shed_rate)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.admission(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = ServiceMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if not gc.get_freeze_count():
+            # What the imports and the app built lives as long as the process (~400k objects): left to
+            # the collector, each full pass walks it all, ~0.2 s with the event loop and the decoder
+            # (which needs the GIL between its kernels) stopped. Models load after this: versions
+            # retired later stay collectable.
+            gc.collect()
+            gc.freeze()
         registry = ModelRegistry(settings, on_batch=metrics.observe_batch, on_drop=metrics.observe_drop)
         app.state.registry = registry
         app.state.projector = Projector(registry.executor, settings.max_projections, settings.projection_time_s,
@@ -65,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await poller
         await registry.close()
 
-    app = FastAPI(title="facegen", description=DESCRIPTION, version="0.1.0", lifespan=lifespan,
+    app = Service(settings.shed_pace_ms / 1000, settings.shed_rate, title="facegen", description=DESCRIPTION, version="0.1.0", lifespan=lifespan,
                   responses=error_responses(413, 504))  # any route: a body where none is taken, the deadline
     app.state.settings, app.state.metrics = settings, metrics
     app.state.cache = PngCache(int(settings.cache_mb * 2**20))
@@ -73,7 +94,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     app.add_middleware(RequestGuard, timeout=settings.request_timeout_s)
-    app.add_middleware(Admission, pace=settings.shed_pace_ms / 1000)
     app.add_middleware(AllowedMethods)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees the 413s and 504s too
     app.include_router(images.router)

@@ -13,11 +13,10 @@ from service.errors import send_error
 class AllowedMethods:
     def __init__(self, app: ASGIApp):
         self.app = app
-        self.allowed: dict[str, list[str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            methods = self.methods(scope).get(scope["path"])
+            methods = documented_methods(scope["app"]).get(scope["path"])
             if methods is not None and scope["method"] == "OPTIONS":
                 await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", ", ".join(methods).encode())]})
                 return await send({"type": "http.response.body", "body": b""})
@@ -27,8 +26,10 @@ class AllowedMethods:
                                         f"allowed: {', '.join(methods)}", allow)
         await self.app(scope, receive, send)
 
-    def methods(self, scope: Scope) -> dict[str, list[str]]:
-        if self.allowed is None:
-            paths = scope["app"].openapi()["paths"]
-            self.allowed = {path: sorted(m.upper() for m in ops) + ["OPTIONS"] for path, ops in paths.items()}
-        return self.allowed
+
+def documented_methods(app) -> dict[str, list[str]]:
+    """Each path's methods in the app's OpenAPI schema, and OPTIONS (worked out once per app)."""
+    if getattr(app.state, "methods", None) is None:
+        paths = app.openapi()["paths"]
+        app.state.methods = {path: sorted(m.upper() for m in ops) + ["OPTIONS"] for path, ops in paths.items()}
+    return app.state.methods

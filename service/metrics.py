@@ -30,6 +30,10 @@ class ServiceMetrics:
         self.queue_depth = Gauge("facegen_queue_depth", "requests waiting per model", ["model"], registry=self.registry)
         self.served_version = Gauge("facegen_served_version", "version being served", ["model"], registry=self.registry)
 
+    def observe_request(self, endpoint: str, model: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, model, str(status)).inc()
+        self.latency.labels(endpoint, model).observe(seconds)
+
     def observe_batch(self, model: str, rows: int) -> None:
         self.batch_rows.labels(model).observe(rows)
         self.batches.labels(model).inc()
@@ -48,6 +52,12 @@ class ServiceMetrics:
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 
 
+def echoed_request_id(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The X-Request-ID header to answer with: the client's, when it is well formed."""
+    request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+    return [(b"x-request-id", request_id)] if request_id is not None and REQUEST_ID.fullmatch(request_id) else []
+
+
 class RequestMetricsMiddleware:
     """Counts and times every HTTP request by route template, model and status, and echoes a
     client's X-Request-ID (up to 64 of [A-Za-z0-9._:-]) so it can match answers to requests.
@@ -63,23 +73,21 @@ class RequestMetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), None
-        request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        request_id = echoed_request_id(scope)
 
         async def send_observed(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if request_id is not None and REQUEST_ID.fullmatch(request_id):
-                    message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
+                message["headers"] = [*message.get("headers", []), *request_id]
             await send(message)
 
         try:
             await self.app(scope, receive, send_observed)
         finally:
             state = scope.get("state", {})
-            endpoint = getattr(scope.get("route"), "path", None) or state.get("endpoint", "unmatched")
+            endpoint = getattr(scope.get("route"), "path", None) or "unmatched"
             model = state.get("model", "")  # set by the routes via request.state
             if status is None:  # nothing was sent: the client went away (nginx's 499), or the app failed
                 status = 499 if state.get("client_gone") else 500
-            self.metrics.requests.labels(endpoint, model, str(status)).inc()
-            self.metrics.latency.labels(endpoint, model).observe(time.perf_counter() - start)
+            self.metrics.observe_request(endpoint, model, status, time.perf_counter() - start)

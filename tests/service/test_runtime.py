@@ -1,6 +1,7 @@
 """Batching under concurrency, backpressure, hot reload, corrupt versions, and a real server."""
 
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -135,6 +136,61 @@ def test_a_saturated_model_is_refused_before_routing_and_others_still_served(ser
     assert other.status_code == 200 and unknown.status_code == 404 and again.status_code == 200
     assert len(sampled) == 2  # the refused requests never reached the route
     assert metric(metrics, 'facegen_requests_total{endpoint="/sample",model="gan",status="503"}') == 1
+
+
+def test_refusals_skip_the_whole_stack_but_not_the_method_answers(served_store):
+    app = create_app(make_settings(served_store, shed_pace_ms=0))
+    entered = []
+
+    async def body(client):
+        gan = app.state.registry.latest["gan"].batcher
+        gan.pending_rows, gan.refusing = gan.row_budget, True
+        await client.get("/healthz")  # builds the stack
+        stack = app.middleware_stack
+
+        async def recording_stack(scope, receive, send):
+            entered.append((scope["method"], scope["path"]))
+            await stack(scope, receive, send)
+
+        app.middleware_stack = recording_stack
+        busy = await client.get("/sample?model=gan&n=1")
+        options = await client.options("/sample?model=gan")
+        wrong = await client.post("/sample?model=gan")
+        return busy, options, wrong
+
+    busy, options, wrong = asyncio.run(with_app(app, body))
+    assert busy.status_code == 503
+    assert options.status_code == 204 and wrong.status_code == 405
+    assert entered == [("OPTIONS", "/sample"), ("POST", "/sample")]  # the refusal never entered FastAPI's stack
+
+
+def test_many_refused_clients_are_answered_no_faster_than_the_shed_rate(served_store):
+    app = create_app(make_settings(served_store, shed_pace_ms=0, shed_rate=20))
+
+    async def timed(request):
+        start = time.perf_counter()
+        response = await request
+        return response.status_code, time.perf_counter() - start
+
+    async def body(client):
+        gan = app.state.registry.latest["gan"].batcher
+        gan.pending_rows, gan.refusing = gan.row_budget, True
+        return await asyncio.gather(*(timed(client.get(f"/sample?model=gan&n=1&seed={i}")) for i in range(10)))
+
+    answers = asyncio.run(with_app(app, body))
+    assert {status for status, _ in answers} == {503}
+    waits = sorted(seconds for _, seconds in answers)
+    assert waits[0] < 0.2  # alone, a refusal is not held (pace 0)
+    assert waits[-1] >= 9 / 20 - 0.05  # the tenth, with nine already held: 9 / (20 a second)
+
+
+def test_what_lives_as_long_as_the_process_is_kept_out_of_the_collectors_passes(served_store):
+    app = create_app(make_settings(served_store))
+
+    async def body(client):
+        return gc.get_freeze_count()
+
+    assert asyncio.run(with_app(app, body)) > 10_000
 
 
 def test_a_saturated_model_still_answers_revalidation_from_what_it_has(served_store):
