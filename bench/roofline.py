@@ -55,22 +55,17 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def train_step_case(model: str, preset: str, precision, device: torch.device):
+def train_step_case(model: str, preset: str, precision, device: torch.device, before: bool = False):
+    """The trainer's step; with `before`, as it ran before small_map_conv and the fused Adam, for a
+    ratio in the same run."""
     cfg = TrainConfig(model=model, data=".", preset=preset)
     torch.manual_seed(0)
     task = make_task(cfg, device, precision.autocast(device))
     x = (torch.rand(cfg.batch_size, 3, 64, 64, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last)
-    return f"{model} train step", cfg.batch_size, lambda: task.train_step(x)
-
-
-def before_case(model: str, preset: str, precision, device: torch.device):
-    """The same step as it ran before small_map_conv and the fused Adam, for a ratio in the same run."""
-    cfg = TrainConfig(model=model, data=".", preset=preset)
-    torch.manual_seed(0)
-    task = make_task(cfg, device, precision.autocast(device))
-    for name, opt in task.optimizers().items():
+    if not before:
+        return f"{model} train step", cfg.batch_size, lambda: task.train_step(x)
+    for opt in task.optimizers().values():
         opt.param_groups[0]["fused"] = False  # the per-tensor loop
-    x = (torch.rand(cfg.batch_size, 3, 64, 64, device=device) * 2 - 1).contiguous(memory_format=torch.channels_last)
 
     def step():
         small, small_map_conv.SMALL_MAP_POSITIONS = small_map_conv.SMALL_MAP_POSITIONS, 0
@@ -119,7 +114,7 @@ def main():
 
     cases = [train_step_case(m, args.preset, precision, device) for m in args.models]
     if args.before:
-        cases += [before_case(m, args.preset, precision, device) for m in args.models]
+        cases += [train_step_case(m, args.preset, precision, device, before=True) for m in args.models]
     cases += [decode_case(m, args.preset, precision, device, args.decode_batch) for m in args.models]
     print(f"{'work':17} {'batch':>5} {'GFLOP/img':>10} {'ms/step':>8} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>8}")
     for label, batch, fn in cases:
