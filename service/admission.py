@@ -8,7 +8,8 @@ budget is already spent, a request for it gets its 503 before anything else look
 That is still CPU taken from the decoder, and clients retrying the instant they are refused, as
 load generators and naive retry loops do, would spend it without bound. So each 503 is held (a
 sleeping task, no CPU): `pace` seconds, or longer while so many clients are being refused that
-answering them every `pace` would exceed `max_rate` refusals a second. A GET that revalidates
+answering them every `pace` would exceed `max_rate` refusals a second, though never past the
+Retry-After it carries, and only while its client is still there. A GET that revalidates
 (If-None-Match) goes through: the route answers it 304 or from the PNG cache without decoding,
 when it can, and its 503 is held like ours when not.
 """
@@ -39,17 +40,17 @@ class Admission:
         if scope["type"] == "http" and scope["path"] in DECODING_ROUTES:
             served = self.saturated_model(scope)
             if served is not None and not revalidates(scope):
-                return await self.refuse(served, scope, send)
+                return await self.refuse(served, scope, receive, send)
             if served is not None:  # a revalidation the route cannot answer without decoding is refused there
-                send = self.held_if_refused(send)
+                send = self.held_if_refused(served, send)
         await self.inner(scope, receive, send)
 
-    def held_if_refused(self, send: Send) -> Send:
+    def held_if_refused(self, served, send: Send) -> Send:
         """The route's 503 held like ours, so that a retry loop sending If-None-Match cannot skip the pause."""
 
         async def paced(message):
             if message["type"] == "http.response.start" and message["status"] == 503:
-                await self.hold()
+                await self.hold(served)
             await send(message)
 
         return paced
@@ -65,23 +66,42 @@ class Admission:
             return None  # unknown models and older versions: the route answers
         return served if served.batcher.saturated else None
 
-    async def hold(self) -> None:
-        """Sleep `pace`, or N / max_rate seconds while N refusals are held: N clients retrying at once
-        then get at most `max_rate` answers a second between them."""
-        pause = max(self.pace, self.held / self.max_rate)
+    async def hold(self, served, receive: Receive | None = None) -> bool:
+        """Hold a refusal `pace` seconds, or N / max_rate while N refusals are held (N clients retrying
+        at once then get at most `max_rate` answers a second between them), never past the
+        Retry-After it will carry. With `receive`, the hold ends when the client goes: False then."""
+        seconds = min(max(self.pace, self.held / self.max_rate), served.batcher.retry_after())
         self.held += 1
         try:
-            await asyncio.sleep(pause)
+            if receive is None:
+                await asyncio.sleep(seconds)
+                return True
+            gone = asyncio.ensure_future(disconnected(receive))
+            try:
+                done, _ = await asyncio.wait({gone}, timeout=seconds)
+            finally:
+                gone.cancel()
+            return not done
         finally:
             self.held -= 1
 
-    async def refuse(self, served, scope: Scope, send: Send) -> None:
-        start = time.perf_counter()
-        await self.hold()
-        e = busy(served, QueueFull(served.batcher.retry_after()))
-        headers = [(k.lower().encode(), v.encode()) for k, v in e.headers.items()] + echoed_request_id(scope)
-        await send_error(send, e.status, e.error, e.detail, headers)
-        self.app.state.metrics.observe_request(scope["path"], served.name, e.status, time.perf_counter() - start)
+    async def refuse(self, served, scope: Scope, receive: Receive, send: Send) -> None:
+        start, status = time.perf_counter(), 500
+        try:
+            if not await self.hold(served, receive):
+                status = 499  # the client went away while held: nothing to answer
+                return
+            e = busy(served, QueueFull(served.batcher.retry_after()))
+            headers = [(k.lower().encode(), v.encode()) for k, v in e.headers.items()] + echoed_request_id(scope)
+            await send_error(send, e.status, e.error, e.detail, headers)
+            status = e.status
+        finally:
+            self.app.state.metrics.observe_request(scope["path"], served.name, status, time.perf_counter() - start)
+
+
+async def disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass  # a body nobody will read
 
 
 def revalidates(scope: Scope) -> bool:

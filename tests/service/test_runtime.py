@@ -8,6 +8,7 @@ import shutil
 import signal
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -175,22 +176,64 @@ def test_many_refused_clients_are_answered_no_faster_than_the_shed_rate(served_s
     async def body(client):
         gan = app.state.registry.latest["gan"].batcher
         gan.pending_rows, gan.refusing = gan.row_budget, True
-        return await asyncio.gather(*(timed(client.get(f"/sample?model=gan&n=1&seed={i}")) for i in range(10)))
+        answers = await asyncio.gather(*(timed(client.get(f"/sample?model=gan&n=1&seed={i}")) for i in range(10)))
+        return answers, app.admission.held
 
-    answers = asyncio.run(with_app(app, body))
-    assert {status for status, _ in answers} == {503}
+    answers, held = asyncio.run(with_app(app, body))
+    assert {status for status, _ in answers} == {503} and held == 0
     waits = sorted(seconds for _, seconds in answers)
     assert waits[0] < 0.2  # alone, a refusal is not held (pace 0)
     assert waits[-1] >= 9 / 20 - 0.05  # the tenth, with nine already held: 9 / (20 a second)
 
 
-def test_what_lives_as_long_as_the_process_is_kept_out_of_the_collectors_passes(served_store):
-    app = create_app(make_settings(served_store))
+def test_a_refusal_is_held_no_longer_than_its_retry_after_nor_its_client(served_store):
+    app = create_app(make_settings(served_store, shed_pace_ms=30_000))
 
     async def body(client):
-        return gc.get_freeze_count()
+        gan = app.state.registry.latest["gan"].batcher
+        gan.rows_per_s = 1e6  # a fast model: a full queue is 1 s of work, Retry-After 1
+        gan.pending_rows, gan.refusing = gan.row_budget, True
+        start = time.perf_counter()
+        capped = await client.get("/sample?model=gan&n=1")
+        capped_s = time.perf_counter() - start
 
-    assert asyncio.run(with_app(app, body)) > 10_000
+        async def leaves_after_50_ms():
+            await asyncio.sleep(0.05)
+            return {"type": "http.disconnect"}
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/sample", "query_string": b"model=gan", "headers": []}
+        start = time.perf_counter()
+        await app(scope, leaves_after_50_ms, send)
+        gone_s = time.perf_counter() - start
+        return capped, capped_s, sent, gone_s, app.admission.held, (await client.get("/metrics")).text
+
+    capped, capped_s, sent, gone_s, held, metrics = asyncio.run(with_app(app, body))
+    assert capped.status_code == 503 and capped.headers["retry-after"] == "1" and capped_s < 2  # not the 30-s pace
+    assert sent == [] and gone_s < 0.5 and held == 0  # the client left: its hold ended, nothing was answered
+    assert metric(metrics, 'facegen_requests_total{endpoint="/sample",model="gan",status="499"}') == 1
+
+
+def test_versions_retired_after_start_up_are_still_collected(served_store):
+    app = create_app(make_settings(served_store, retire_grace_s=0))
+
+    async def body(client):
+        old = weakref.ref(app.state.registry.latest["gan"])
+        publish_tiny(served_store, "gan", seed=1)
+        await app.state.registry.refresh()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            gc.collect()
+            if old() is None:
+                return gc.get_freeze_count(), True
+        return gc.get_freeze_count(), False
+
+    frozen, collected = asyncio.run(with_app(app, body))
+    assert frozen > 10_000 and collected  # the start-up heap is frozen, and a hot swap still frees the old version
 
 
 def test_a_saturated_model_still_answers_revalidation_from_what_it_has(served_store):
