@@ -86,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await poller
         await registry.close()
 
-    app = Service(settings.shed_pace_ms / 1000, settings.shed_rate, title="facegen", description=DESCRIPTION, version="0.1.0", lifespan=lifespan,
+    app = Service(settings.shed_pace_ms / 1000, settings.shed_rate, title="facegen", description=DESCRIPTION,
+                  version="0.1.0", lifespan=lifespan,
                   responses=error_responses(413, 504))  # any route: a body where none is taken, the deadline
     app.state.settings, app.state.metrics = settings, metrics
     app.state.cache = PngCache(int(settings.cache_mb * 2**20))
