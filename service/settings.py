@@ -34,8 +34,9 @@ class Settings(BaseSettings):
                                 "busy with refusals")
     shed_rate: float = Field(500.0, gt=0, description="refusals answered per second at most, over all models: while "
                              "more clients than that are being refused, each refusal is held (clients held) / (this "
-                             "rate) seconds instead of the pace, so that however many clients retry at once, "
-                             "answering them takes a bounded share of the CPU (~0.1 ms each on a 2-core EPYC)")
+                             "rate) seconds instead of the pace (never past its Retry-After), so that however many clients "
+                             "retry at once, answering them takes a bounded share of the CPU (~0.1 ms each on a "
+                             "2-core EPYC)")
     loop_nice: int = Field(0, ge=0, le=19, description="nice value added to the event loop's thread (Linux), so that "
                            "under overload the decoder gets the cores before the loop that parses and refuses requests; "
                            "0 (default) leaves priorities alone. The loop then also yields to every other process on "
