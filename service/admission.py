@@ -16,7 +16,7 @@ when it can, and its 503 is held like ours when not.
 
 import asyncio
 import time
-from urllib.parse import parse_qs
+from urllib.parse import unquote_plus
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -60,9 +60,9 @@ class Admission:
         method = scope["method"]
         if registry is None or method == "OPTIONS" or method not in documented_methods(self.app)[scope["path"]]:
             return None  # not started, or a method the path does not take: the 405 and OPTIONS answers come first
-        query = parse_qs(scope["query_string"].decode("latin-1"))
-        served = registry.latest.get(query.get("model", [None])[0] or registry.default_model())
-        if served is None or query.get("version", [str(served.version)])[0] != str(served.version):
+        query = scope["query_string"]
+        served = registry.latest.get(query_value(query, b"model") or registry.default_model())
+        if served is None or query_value(query, b"version") not in (None, str(served.version)):
             return None  # unknown models and older versions: the route answers
         return served if served.batcher.saturated else None
 
@@ -76,12 +76,12 @@ class Admission:
             if receive is None:
                 await asyncio.sleep(seconds)
                 return True
-            gone = asyncio.ensure_future(disconnected(receive))
-            try:
-                done, _ = await asyncio.wait({gone}, timeout=seconds)
-            finally:
-                gone.cancel()
-            return not done
+            try:  # a deadline on this very task: no task of its own per held client
+                async with asyncio.timeout(seconds):
+                    await disconnected(receive)
+                return False
+            except TimeoutError:
+                return True
         finally:
             self.held -= 1
 
@@ -97,6 +97,16 @@ class Admission:
             status = e.status
         finally:
             self.app.state.metrics.observe_request(scope["path"], served.name, status, time.perf_counter() - start)
+
+
+def query_value(query: bytes, key: bytes) -> str | None:
+    """The value of `key` in a query string as the routes see it (the last one, when repeated),
+    without parsing the rest."""
+    prefix, value = key + b"=", None
+    for part in query.split(b"&"):
+        if part.startswith(prefix):
+            value = part[len(prefix):]
+    return None if value is None else unquote_plus(value.decode("latin-1"))
 
 
 async def disconnected(receive: Receive) -> None:

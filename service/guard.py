@@ -7,7 +7,6 @@ it when (a) the client disconnects, so its queued rows are dropped before they a
 """
 
 import asyncio
-import contextlib
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import send_error
@@ -25,10 +24,13 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
+        # The request runs in the task uvicorn gave it, under a deadline on that task; the watcher
+        # cancels the same task when the client goes. One extra task per request, not three.
+        task = asyncio.current_task()
         gone = asyncio.Event()
         held: list[Message] = []  # what the watcher read on the app's behalf
         watcher: asyncio.Task | None = None
+        started = False
 
         async def watch() -> None:
             """Once the body is read, the server's next message is the client's disconnect."""
@@ -36,6 +38,7 @@ class RequestGuard:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     gone.set()
+                    task.cancel()
                     return
                 held.append(message)
 
@@ -59,30 +62,29 @@ class RequestGuard:
 
         async def app_send(message: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                deadline.reschedule(None)  # answering already: let it finish
             await send(message)
 
         if not has_body(scope):
             start_watching()
-        task = asyncio.ensure_future(self.app(scope, app_receive, app_send))
-        client_gone = asyncio.ensure_future(gone.wait())
         try:
-            done, _ = await asyncio.wait({task, client_gone}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
-            if task not in done and not gone.is_set() and started:  # answering already: let it finish
-                done, _ = await asyncio.wait({task, client_gone}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
-                return task.result()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if gone.is_set():
-                scope.setdefault("state", {})["client_gone"] = True
-            elif not started:
+            async with asyncio.timeout(self.timeout) as deadline:
+                await self.app(scope, app_receive, app_send)
+        except TimeoutError:
+            if not started:
                 await self.timed_out(send)
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise  # not ours: the server is stopping
+            scope.setdefault("state", {})["client_gone"] = True
         finally:
-            for t in (task, client_gone, watcher):
-                if t is not None and not t.done():
-                    t.cancel()
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+            if gone.is_set():
+                while task.cancelling():  # the watcher's cancel is spent; nothing after this may see it
+                    task.uncancel()
 
     async def timed_out(self, send: Send) -> None:
         await send_error(send, 504, "request timed out", f"not answered within the server's {self.timeout:g} s "

@@ -28,11 +28,16 @@ class ServiceMetrics:
                                    "(stopped at the time limit with the best latents so far) or cancelled (the request "
                                    "was gone)", ["model", "outcome"], registry=self.registry)
         self.queue_depth = Gauge("facegen_queue_depth", "requests waiting per model", ["model"], registry=self.registry)
+        self.request_series: dict[tuple[str, str, int], tuple] = {}
         self.served_version = Gauge("facegen_served_version", "version being served", ["model"], registry=self.registry)
 
     def observe_request(self, endpoint: str, model: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, model, str(status)).inc()
-        self.latency.labels(endpoint, model).observe(seconds)
+        key = endpoint, model, status
+        if key not in self.request_series:  # labels() costs more than the counting; every request counts
+            self.request_series[key] = self.requests.labels(endpoint, model, str(status)), self.latency.labels(endpoint, model)
+        count, latency = self.request_series[key]
+        count.inc()
+        latency.observe(seconds)
 
     def observe_batch(self, model: str, rows: int) -> None:
         self.batch_rows.labels(model).observe(rows)

@@ -17,6 +17,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from models_core.checkpoint import WEIGHTS_FILE, CheckpointStore
+from service.admission import query_value
 from service.app import create_app
 from service.batching import DecodeBatcher, QueueFull
 from tests.conftest import publish_tiny, wait_until
@@ -184,6 +185,13 @@ def test_many_refused_clients_are_answered_no_faster_than_the_shed_rate(served_s
     waits = sorted(seconds for _, seconds in answers)
     assert waits[0] < 0.2  # alone, a refusal is not held (pace 0)
     assert waits[-1] >= 9 / 20 - 0.05  # the tenth, with nine already held: 9 / (20 a second)
+
+
+def test_admission_reads_model_and_version_the_way_the_routes_do():
+    assert query_value(b"n=4&model=gan&version=3", b"model") == "gan"
+    assert query_value(b"n=4&model=vae&model=g%61n", b"model") == "gan"  # decoded; the last one counts, as in FastAPI
+    assert query_value(b"n=4&mymodel=vae", b"model") is None and query_value(b"", b"version") is None
+    assert query_value(b"model=&n=1", b"model") == ""  # empty: the default model, as for the routes
 
 
 def test_a_refusal_is_held_no_longer_than_its_retry_after_nor_its_client(served_store):
