@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.projector = Projector(registry.executor, settings.max_projections, settings.projection_time_s,
                                         on_steps=metrics.observe_projection_steps, on_end=metrics.observe_projection_end)
         await registry.refresh()
-        await asyncio.get_running_loop().run_in_executor(registry.executor, lambda: None)  # starts it at our priority
+        registry.workers.start()  # its threads start at the loop's priority, before any change to it
         if lower_this_thread(settings.loop_nice):
             log.info("event loop at nice +%d: decoding comes first under load", settings.loop_nice)
         if not registry.latest:

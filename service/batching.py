@@ -7,7 +7,7 @@ import math
 import threading
 import time
 from concurrent.futures import Executor
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 
@@ -29,11 +29,13 @@ class DecodeBatcher:
     `max_batch` rows), plus what arrives within `max_wait` seconds: with max_wait 0 (the default)
     a request alone is decoded at once, and under load batches form by themselves.
 
-    The executor thread takes the next batch itself, without waiting for the event loop: under
+    An inference thread takes the next batch itself, without waiting for the event loop: under
     overload the loop is busy turning requests away, and a batcher that needed a turn of the loop
     between passes would leave the model idle while the loop is busiest.  After each pass the
-    drain queues itself again behind the executor's other work, so models sharing the thread take
-    turns.
+    drain queues itself again behind the executor's other work, so models sharing the threads take
+    turns. Up to `parallel` drains run at once, each on its own inference thread, each taking its
+    own batch (service/workers.py says why); `forward_pass` is entered around each pass (it sets the
+    thread's share of the cores).
 
     Every row taken is either decoded or failed with Retired; none is left waiting. Rows whose
     request has gone (its future cancelled: the client disconnected or its deadline passed) are
@@ -50,16 +52,19 @@ class DecodeBatcher:
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], executor: Executor, max_batch: int,
                  max_wait: float, max_queue_s: float, on_batch: Callable[[int], None] = lambda n: None,
-                 on_drop: Callable[[int], None] = lambda n: None, after_pass: Callable[[bool], None] = lambda idle: None):
+                 on_drop: Callable[[int], None] = lambda n: None, after_pass: Callable[[bool], None] = lambda idle: None,
+                 parallel: int = 1, forward_pass: Callable[[], ContextManager] = contextlib.nullcontext):
         self.forward, self.executor, self.max_batch, self.max_wait = forward, executor, max_batch, max_wait
+        self.parallel, self.forward_pass = parallel, forward_pass
         self.after_pass = after_pass  # on the executor thread, told whether the queue is empty
         self.max_queue_s = max_queue_s
         self.on_batch, self.on_drop = on_batch, on_drop
         self.loop = asyncio.get_running_loop()
         self.items: collections.deque = collections.deque()  # (latents, future): appended on the loop, taken by the thread
-        self.arrived = threading.Condition()  # guards items, taken, draining and stopped
-        self.taken: list[asyncio.Future] = []  # what the thread holds between the queue and its answer
-        self.draining = False  # a drain is queued on or running in the executor
+        self.arrived = threading.Condition()  # guards items, taken, drains and stopped
+        self.taken: set[asyncio.Future] = set()  # what the drains hold between the queue and their answer
+        self.drains = 0  # drains queued on or running in the executor
+        self.passes = 0  # forward passes running now
         self.stopped = False
         self.pending_rows = 0  # admitted rows whose requests are still waiting for them (loop only)
         self.rows_per_s: float | None = None  # moving average over recent passes of at least half a batch
@@ -71,7 +76,7 @@ class DecodeBatcher:
 
     @property
     def idle(self) -> bool:
-        return not self.draining and not self.items
+        return not self.drains and not self.items
 
     @property
     def row_budget(self) -> int:
@@ -111,7 +116,8 @@ class DecodeBatcher:
             with self.arrived:
                 self.items.append((z, future))
                 self.arrived.notify()
-                start, self.draining = not self.draining, True
+                start = self.drains < self.parallel
+                self.drains += start
             if start:
                 self.executor.submit(self.drain)
             return await future
@@ -122,18 +128,18 @@ class DecodeBatcher:
         if batch:
             self.decode_batch(batch)
         with self.arrived:
-            self.taken = []
+            self.taken.difference_update(f for _, f in batch)
             idle = not self.items or self.stopped
             if idle:
-                self.draining = False
-        self.after_pass(idle)
+                self.drains -= 1
+        self.after_pass(idle and not self.drains)
         if idle:
             return
         try:
             self.executor.submit(self.drain)
         except RuntimeError:  # the executor is shut down: the server is stopping
             with self.arrived:
-                self.draining = False
+                self.drains -= 1
 
     def take(self) -> list:
         with self.arrived:
@@ -147,7 +153,7 @@ class DecodeBatcher:
                     remaining = deadline - time.monotonic()
                     if not batch or remaining <= 0 or not self.arrived.wait(remaining):
                         break
-            self.taken = [future for _, future in batch]
+            self.taken.update(future for _, future in batch)
             return batch
 
     def decode_batch(self, batch: list) -> None:
@@ -159,10 +165,20 @@ class DecodeBatcher:
             return
         rows = sum(len(z) for z, _ in live)
         try:
-            start = time.perf_counter()
-            out = self.forward(torch.cat([z for z, _ in live]))
+            with self.arrived:
+                self.passes += 1
+                beside = self.passes  # this model's passes running, this one included
+            try:
+                with self.forward_pass():
+                    start = time.perf_counter()
+                    out = self.forward(torch.cat([z for z, _ in live]))
+                    seconds = time.perf_counter() - start
+            finally:
+                with self.arrived:
+                    self.passes -= 1
             if rows >= self.max_batch // 2:  # small passes cost more per row; a backlog is decoded in full ones
-                rate = rows / max(time.perf_counter() - start, 1e-6)
+                # Passes beside this one drain the same queue: the model's rate is theirs together.
+                rate = rows / max(seconds, 1e-6) * beside
                 self.rows_per_s = rate if self.rows_per_s is None else 0.8 * self.rows_per_s + 0.2 * rate
             self.on_batch(rows)
             answers = [(f, images) for (_, f), images in zip(live, out.split([len(z) for z, _ in live]))]
@@ -178,7 +194,7 @@ class DecodeBatcher:
         """Refuse new rows and fail every row not yet answered with Retired (on the loop)."""
         with self.arrived:
             self.stopped = True
-            left = [f for _, f in self.items] + self.taken
+            left = [f for _, f in self.items] + list(self.taken)
             self.items.clear()
             self.arrived.notify_all()
         fail(left, Retired())

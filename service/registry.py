@@ -20,6 +20,7 @@ from service.errors import ApiError
 from service.inference import compile_decoder, run_inference
 from service.memory import HeapTrimmer, release_memory
 from service.settings import Settings
+from service.workers import InferencePool, default_workers
 
 log = logging.getLogger("facegen.service")
 
@@ -99,7 +100,8 @@ class ModelRegistry:
         self.settings = settings
         self.store = CheckpointStore(settings.checkpoint_root)
         self.device = torch.device(settings.device)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.workers = InferencePool(settings.inference_workers or default_workers(self.device, torch.get_num_threads()))
+        self.executor = self.workers.executor
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
         self.latest: dict[str, ServedModel] = {}
         self.older: OrderedDict[tuple[str, int], ServedModel] = OrderedDict()
@@ -112,6 +114,7 @@ class ModelRegistry:
         self.precision = choose_precision(settings.precision, self.device)
         self.autocast = self.precision.autocast(self.device)
         log.info("computing in %s on %s: %s", self.precision.name, self.device, self.precision.reason)
+        log.info("%d inference thread(s) on %d core(s)", self.workers.workers, self.workers.threads)
 
     def default_model(self) -> str:
         """The model a request without `model=` gets: the GAN if served, else the VAE, the AE, the first by name."""
@@ -148,7 +151,8 @@ class ModelRegistry:
                                                  f"{name} v{version}")
         decode = functools.partial(decode_images, forward, device=self.device, autocast=self.autocast)
         batcher = DecodeBatcher(decode, self.executor, s.max_batch, s.max_wait_ms / 1000, s.max_queue_s,
-                                on_batch=lambda n: self.on_batch(name, n), on_drop=lambda n: self.on_drop(name, n), after_pass=self.trim_heap)
+                                on_batch=lambda n: self.on_batch(name, n), on_drop=lambda n: self.on_drop(name, n), after_pass=self.trim_heap,
+                                parallel=self.workers.workers, forward_pass=self.workers.forward_pass)
         return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.precision)
 
     async def refresh(self) -> None:
@@ -238,5 +242,5 @@ class ModelRegistry:
             await served.retire(grace=1.0)
         for task in list(self.retiring):
             task.cancel()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.workers.shutdown()
         self.loader.shutdown(wait=False, cancel_futures=True)

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1, description="most images decoded in one forward pass (a larger request is decoded "
                            "alone); on a CPU 64 decodes as fast per image as 256 with a quarter of the memory, "
                            "a GPU may want more")
+    inference_workers: int | None = Field(None, ge=1, le=64, description="threads running forward passes, each on its "
+                                          "own batch; a pass alone uses every core, passes side by side share them. "
+                                          "Default: one per core up to 4 on a CPU (one team across all cores stalls "
+                                          "whenever the event loop takes a core), 1 on a GPU")
     max_wait_ms: float = Field(0.0, ge=0, description="how long a request waits for others to batch with; at 0 a "
                                "batch is what queued up during the previous forward pass, and a lone request never waits")
     max_queue_s: float = Field(1.0, ge=0, description="admission: a request is admitted while the work already "

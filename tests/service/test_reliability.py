@@ -263,10 +263,11 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
     app = create_app(make_settings(served_store, cache_mb=0))
     with threaded_server(app) as url:
         batcher = app.state.registry.latest["gan"].batcher
-        fast, started, release = batcher.forward, threading.Event(), threading.Event()
+        workers = app.state.registry.workers.workers
+        fast, started, release = batcher.forward, threading.Semaphore(0), threading.Event()
 
-        def held_forward(z):  # the first pass waits until the test lets it go: no race with a slow CPU
-            started.set()
+        def held_forward(z):  # passes wait until the test lets them go: no race with a slow CPU
+            started.release()
             release.wait(60)
             return fast(z)
 
@@ -281,18 +282,20 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
         def gone() -> float:
             return metric(httpx.get(f"{url}/metrics").text, 'facegen_requests_total{endpoint="/sample",model="gan",status="499"}')
 
-        first = threading.Thread(target=ask, args=(0, 1, 60))  # occupies the forward pass
-        first.start()
+        first = [threading.Thread(target=ask, args=(i, 1, 60)) for i in range(workers)]  # occupy every inference thread
+        for t in first:
+            t.start()
+            assert started.acquire(timeout=30)
         try:
-            assert started.wait(30)
             with ThreadPoolExecutor(6) as pool:  # these queue behind it, then their clients give up
                 assert list(pool.map(lambda s: ask(s, 5, 0.3), range(1, 7))) == ["gave up"] * 6
             assert wait_until(lambda: gone() == 6, timeout=30)  # the server has seen them go
         finally:  # a failed check must not leave the inference thread held
             release.set()
-            first.join(timeout=60)
+            for t in first:
+                t.join(timeout=60)
         batcher.forward = fast
         assert ask(99, 2, 30) == 200  # and the server carries on
         text = httpx.get(f"{url}/metrics").text
     assert metric(text, 'facegen_rows_dropped_total{model="gan"}') == 6 * 5
-    assert metric(text, 'facegen_rows_decoded_total{model="gan"}') == 1 + 2
+    assert metric(text, 'facegen_rows_decoded_total{model="gan"}') == workers + 2

@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from models_core.checkpoint import WEIGHTS_FILE, CheckpointStore
 from service.admission import query_value
 from service.app import create_app
-from service.batching import DecodeBatcher, QueueFull
+from service.batching import DecodeBatcher, QueueFull, Retired
+from service.workers import InferencePool
 from tests.conftest import publish_tiny, wait_until
 from tests.service.conftest import make_settings
 
@@ -393,3 +394,52 @@ def test_the_event_loop_yields_the_cpu_to_decoding(served_store):
         assert os.getpriority(os.PRIO_PROCESS, loop_thread) == min(19, base + 5)
         assert os.getpriority(os.PRIO_PROCESS, inference_thread) == base  # started before the loop was lowered
         assert client.get("/sample?model=gan&n=2").status_code == 200
+
+
+def test_passes_run_side_by_side_each_on_its_share_of_the_cores():
+    """Two inference threads decode two batches at once; a pass alone gets every core, a pass
+    beside another its share, set for its own thread only."""
+    pool = InferencePool(workers=2, threads=2)
+    both_in, threads_seen = threading.Barrier(2, timeout=10), []
+
+    def forward(z):
+        threads_seen.append(torch.get_num_threads())
+        both_in.wait()  # returns only once a second pass runs at the same time
+        return z
+
+    async def body():
+        b = DecodeBatcher(forward, pool.executor, max_batch=2, max_wait=0, max_queue_s=1, parallel=2,
+                          forward_pass=pool.forward_pass)
+        out = await asyncio.wait_for(asyncio.gather(b.decode(torch.ones(2, 3)), b.decode(2 * torch.ones(2, 3))), 20)
+        await b.retire()
+        return out, b.idle
+
+    main_threads = torch.get_num_threads()
+    (first, second), idle = asyncio.run(body())
+    pool.shutdown()
+    assert first.sum() == 6 and second.sum() == 12 and idle
+    assert sorted(threads_seen) == [1, 2]  # the first pass started alone, the second beside it
+    assert torch.get_num_threads() == main_threads  # other threads keep theirs
+    assert pool.threads_for_pass(1) == 2 and pool.threads_for_pass(2) == 1
+
+
+def test_every_row_of_side_by_side_passes_is_answered_when_retired():
+    release = threading.Event()
+
+    def held(z):
+        release.wait(10)
+        return z
+
+    async def body():
+        b = DecodeBatcher(held, ThreadPoolExecutor(2), max_batch=1, max_wait=0, max_queue_s=1, parallel=2)
+        requests = [asyncio.ensure_future(b.decode(torch.ones(1, 2))) for _ in range(4)]
+        await asyncio.sleep(0.1)  # two rows in passes, two queued
+        retiring = asyncio.ensure_future(b.retire(grace=0.1))
+        await asyncio.sleep(0.3)
+        release.set()
+        await retiring
+        return await asyncio.wait_for(asyncio.gather(*requests, return_exceptions=True), 10)
+
+    results = asyncio.run(body())
+    assert len(results) == 4 and all(isinstance(r, (Retired, torch.Tensor)) for r in results), results
+    assert sum(isinstance(r, Retired) for r in results) >= 2  # the queued ones at least; nothing left hanging
