@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.freeze()
         registry = ModelRegistry(settings, on_batch=metrics.observe_batch, on_drop=metrics.observe_drop)
         app.state.registry = registry
-        app.state.projector = Projector(registry.executor, settings.max_projections, settings.projection_time_s,
+        app.state.projector = Projector(registry.workers.run, settings.max_projections, settings.projection_time_s,
                                         on_steps=metrics.observe_projection_steps, on_end=metrics.observe_projection_end)
         await registry.refresh()
         registry.workers.start()  # its threads start at the loop's priority, before any change to it

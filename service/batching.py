@@ -42,7 +42,7 @@ class DecodeBatcher:
     dropped before the forward pass and counted by `on_drop`.
 
     Admission is by rows, not requests: rows are admitted while the rows already pending (queued,
-    being decoded, or reserved by `admit` for other work on the inference thread) would be done
+    being decoded, or reserved by `admit` for other work on the inference threads) would be done
     within `max_queue_s` at the rate recent forward passes ran, and always when nothing is pending,
     so a large request is never refused by an idle model. Once a request is refused the model is
     `saturated` until its backlog falls below 90% of the budget: near the bound, requests would

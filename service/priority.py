@@ -1,13 +1,13 @@
-"""Decoding before the front door: under overload the CPU goes to the inference thread first.
+"""Decoding before the front door: under overload the CPU goes to the inference threads first.
 
-The event loop parses every request, admitted or refused; the inference thread decodes the
+The event loop parses every request, admitted or refused; the inference threads decode the
 admitted ones. On a machine with few cores, clients that retry refused requests at once keep the
 loop busy enough to take cores from the decoder, and good throughput falls with the load. A
 higher nice value for the loop's thread (Linux threads have their own) lets the scheduler give
 the decoder the cores it asks for; the loop still runs whenever a core is free.
 
-A thread inherits the nice value of the thread that starts it, so the inference thread (which
-starts its own OpenMP team) must exist before the loop's priority is lowered.
+A thread inherits the nice value of the thread that starts it, so the inference threads (each
+of which starts its own OpenMP team) must exist before the loop's priority is lowered.
 """
 
 import logging

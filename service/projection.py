@@ -1,8 +1,8 @@
-"""GAN projection as a service: a bounded number at once, in time slices on the inference thread.
+"""GAN projection as a service: a bounded number at once, in time slices on the inference threads.
 
-A projection is hundreds of forward and backward passes. Run in one piece it would hold the
-inference thread for seconds and every decode request would wait behind it, so it runs in slices
-of `slice_s` seconds, each queued behind whatever else is waiting for the thread: decoding goes
+A projection is hundreds of forward and backward passes. Run in one piece it would hold an
+inference thread for seconds and decode requests would wait behind it, so it runs in slices
+of `slice_s` seconds, each queued behind whatever else is waiting for the threads: decoding goes
 on between slices. When the request is cancelled (its client disconnected, its deadline passed),
 no further slice is queued.
 """
@@ -10,9 +10,8 @@ no further slice is queued.
 import asyncio
 import math
 import time
-from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 import torch
 
@@ -54,10 +53,11 @@ def finish(p: Projection) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 class Projector:
-    def __init__(self, executor: Executor, max_running: int, time_limit_s: float, slice_s: float = 0.05,
+    def __init__(self, run: Callable[..., Awaitable], max_running: int, time_limit_s: float, slice_s: float = 0.05,
                  on_steps: Callable[[str, int], None] = lambda model, n: None,
                  on_end: Callable[[str, str], None] = lambda model, outcome: None):
-        self.executor, self.max_running, self.time_limit_s, self.slice_s = executor, max_running, time_limit_s, slice_s
+        self.run = run  # fn(*args) on an inference thread
+        self.max_running, self.time_limit_s, self.slice_s = max_running, time_limit_s, slice_s
         self.on_steps, self.on_end = on_steps, on_end
         self.running = 0
 
@@ -71,11 +71,11 @@ class Projector:
         try:
             start = loop.time()
             cfg = ProjectionConfig(steps=steps)
-            p = await loop.run_in_executor(self.executor, served.start_projection, faces, cfg)
+            p = await self.run(served.start_projection, faces, cfg)
             while not p.finished and loop.time() - start < self.time_limit_s:
-                n = await loop.run_in_executor(self.executor, advance_for, p, self.slice_s)
+                n = await self.run(advance_for, p, self.slice_s)
                 self.on_steps(served.name, n)
-            z, images, psnr = await loop.run_in_executor(self.executor, finish, p)
+            z, images, psnr = await self.run(finish, p)
             outcome = "done" if p.finished else "timed_out"
             return Projected(z, images, psnr.tolist(), p.done, loop.time() - start)
         finally:

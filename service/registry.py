@@ -94,7 +94,7 @@ class ServedModel:
 class ModelRegistry:
     """The versions in memory: the latest of every model, plus an LRU of explicitly requested
     older ones bounded by count and by bytes. Loading (sha256, read, build, compile) runs on a
-    loader thread, never on the inference thread, one load per version however many ask."""
+    loader thread, never on the inference threads, one load per version however many ask."""
 
     def __init__(self, settings: Settings, on_batch=lambda name, n: None, on_drop=lambda name, n: None):
         self.settings = settings
@@ -146,7 +146,7 @@ class ModelRegistry:
         s = self.settings
         forward = ckpt.model.decode
         if s.compile:
-            # Off the inference thread: the models being served keep answering while this one compiles.
+            # Off the inference threads: the models being served keep answering while this one compiles.
             forward = await loop.run_in_executor(self.loader, compile_decoder, ckpt.model, self.device, self.autocast,
                                                  f"{name} v{version}")
         decode = functools.partial(decode_images, forward, device=self.device, autocast=self.autocast)

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     projection_time_s: float = Field(30.0, gt=0, description="a projection stops after this many seconds with the "
                                      "best latents found so far (the response says how many steps it ran)")
     max_projections: int = Field(2, ge=1, description="projections running at once; more are answered 503 at once. "
-                                 "They share the inference thread with decoding, in slices of a few tens of ms")
+                                 "They share the inference threads with decoding, in slices of a few tens of ms")
     max_projection_faces: int = Field(8, ge=1, le=64, description="most faces one request may project")
     cache_mb: float = Field(64, ge=0, description="memory for cached PNG responses, in MiB (0: no cache)")
     max_old_versions: int = Field(4, ge=0, description="explicitly requested older versions held in memory (LRU), "

@@ -12,6 +12,7 @@ So there are several inference threads. A pass that starts while no other is run
 request, light load) uses every core, as before; a pass that starts beside others takes its share.
 """
 
+import asyncio
 import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,15 @@ class InferencePool:
         finally:
             with self.lock:
                 self.busy -= 1
+
+    async def run(self, fn, *args):
+        """fn(*args) on an inference thread, as a pass: other work there (encoding uploads, GAN
+        projections) counts as running beside the decoding."""
+        def in_pass():
+            with self.forward_pass():
+                return fn(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self.executor, in_pass)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

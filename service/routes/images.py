@@ -295,10 +295,9 @@ async def read_faces(request: Request, files: list[UploadFile], size: int) -> to
 
 async def embed(request: Request, served: ServedModel, faces: torch.Tensor) -> torch.Tensor:
     """Encode on the inference thread; the faces count against the model's admission budget like rows to decode."""
-    loop = asyncio.get_running_loop()
     try:
         with served.batcher.admit(len(faces)):
-            return await loop.run_in_executor(request.app.state.registry.executor, served.embed, faces)
+            return await request.app.state.registry.workers.run(served.embed, faces)
     except QueueFull as e:
         raise busy(served, e) from None
     except Retired:

@@ -443,3 +443,13 @@ def test_every_row_of_side_by_side_passes_is_answered_when_retired():
     results = asyncio.run(body())
     assert len(results) == 4 and all(isinstance(r, (Retired, torch.Tensor)) for r in results), results
     assert sum(isinstance(r, Retired) for r in results) >= 2  # the queued ones at least; nothing left hanging
+
+
+def test_other_work_on_the_inference_threads_counts_as_a_pass():
+    pool = InferencePool(workers=2, threads=2)
+
+    async def body():
+        return await pool.run(lambda: (pool.busy, torch.get_num_threads()))
+
+    assert asyncio.run(body()) == (1, 2) and pool.busy == 0
+    pool.shutdown()
