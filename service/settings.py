@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     shed_pace_ms: float = Field(100.0, ge=0, description="while a model can admit nothing more, requests for it "
                                 "get their 503 after this pause, so that clients retrying at once cannot keep the CPU "
                                 "busy with refusals")
-    shed_rate: float = Field(500.0, gt=0, description="refusals answered per second at most, over all models: while "
+    shed_rate: float = Field(200.0, gt=0, description="refusals answered per second at most, over all models: while "
                              "more clients than that are being refused, each refusal is held (clients held) / (this "
                              "rate) seconds instead of the pace (never past its Retry-After), so that however many clients "
                              "retry at once, answering them takes a bounded share of the CPU (~0.1 ms each on a "
