@@ -213,7 +213,7 @@ def overload(url: str, pid: int, path: str, seconds: float, rounds: int) -> None
               f"shed {r['shed_rps']:7.1f}/s   RSS {rss_mb(pid):6.0f} MB")
     best = max(ramp, key=ramp.get)
     saturating = min(c for c, rps in ramp.items() if rps >= 0.9 * ramp[best])  # more clients add < 10%
-    high = 16 * saturating
+    high = max(16 * saturating, 256)  # at least the 16 × 16, whatever one noisy ramp says
     print(f"  saturated: {ramp[best]:.1f}/s at c={best}; c={saturating} reaches 90% of it, so the overload is c={high}")
     overloaded = []
     for i in range(rounds):

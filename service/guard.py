@@ -73,8 +73,14 @@ class RequestGuard:
             async with asyncio.timeout(self.timeout) as deadline:
                 await self.app(scope, app_receive, app_send)
         except TimeoutError:
+            if not deadline.expired():
+                raise  # the app's own (a socket's ETIMEDOUT, say): the error handlers answer it
             if not started:
-                await self.timed_out(send)
+                try:
+                    await self.timed_out(send)
+                except asyncio.CancelledError:  # the client left while its 504 was going out
+                    if not gone.is_set():
+                        raise
         except asyncio.CancelledError:
             if not gone.is_set():
                 raise  # not ours: the server is stopping

@@ -100,7 +100,7 @@ class ModelRegistry:
         self.settings = settings
         self.store = CheckpointStore(settings.checkpoint_root)
         self.device = torch.device(settings.device)
-        self.workers = InferencePool(settings.inference_workers or default_workers(self.device, torch.get_num_threads()))
+        self.workers = InferencePool(settings.inference_workers or default_workers(self.device, settings.compile))
         self.executor = self.workers.executor
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
         self.latest: dict[str, ServedModel] = {}

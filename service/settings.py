@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     inference_workers: int | None = Field(None, ge=1, le=64, description="threads running forward passes, each on its "
                                           "own batch; a pass alone uses every core, passes side by side share them. "
                                           "Default: one per core up to 4 on a CPU (one team across all cores stalls "
-                                          "whenever the event loop takes a core), 1 on a GPU")
+                                          "whenever the event loop takes a core), 1 on a GPU or with compile (compiled "
+                                          "kernels fix their thread count when compiled)")
     max_wait_ms: float = Field(0.0, ge=0, description="how long a request waits for others to batch with; at 0 a "
                                "batch is what queued up during the previous forward pass, and a lone request never waits")
     max_queue_s: float = Field(1.0, ge=0, description="admission: a request is admitted while the work already "
@@ -39,8 +40,8 @@ class Settings(BaseSettings):
     shed_rate: float = Field(200.0, gt=0, description="refusals answered per second at most, over all models: while "
                              "more clients than that are being refused, each refusal is held (clients held) / (this "
                              "rate) seconds instead of the pace (never past its Retry-After), so that however many clients "
-                             "retry at once, answering them takes a bounded share of the CPU (~0.1 ms each on a "
-                             "2-core EPYC)")
+                             "retry at once, answering them takes a bounded share of the CPU (~0.2 ms each under load on "
+                             "a 2-core EPYC: 200 a second are ~4% of it)")
     loop_nice: int = Field(0, ge=0, le=19, description="nice value added to the event loop's thread (Linux), so that "
                            "under overload the decoder gets the cores before the loop that parses and refuses requests; "
                            "0 (default) leaves priorities alone. The loop then also yields to every other process on "

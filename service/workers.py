@@ -20,15 +20,21 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 
-def default_workers(device: torch.device, threads: int) -> int:
-    """One inference thread per core on a CPU, up to 4 (what was measured is 2); one on a GPU."""
-    return 1 if device.type != "cpu" else max(1, min(threads, 4))
+# Read at import, on the main thread: a thread's first parallel op copies torch's process-wide
+# count, which each pass's setting overwrites, so a thread started later may see a pass's share.
+CORES = torch.get_num_threads()
+
+
+def default_workers(device: torch.device, compiled: bool, threads: int = CORES) -> int:
+    """One inference thread per core on a CPU, up to 4 (what was measured is 2); one on a GPU, and
+    one for compiled models, whose kernels fix their thread count when they are compiled."""
+    return 1 if device.type != "cpu" or compiled else max(1, min(threads, 4))
 
 
 class InferencePool:
     def __init__(self, workers: int, threads: int | None = None):
         self.workers = workers
-        self.threads = threads or torch.get_num_threads()  # every core the process may use
+        self.threads = threads or CORES  # every core the process may use
         # A thread takes torch's process-wide thread count on its first parallel op, overriding any
         # setting of its own made before; asking for it once first settles that.
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference", initializer=torch.get_num_threads)
@@ -52,7 +58,9 @@ class InferencePool:
         with self.lock:
             self.busy += 1
             running = self.busy
-        torch.set_num_threads(self.threads_for_pass(running))
+        threads = self.threads_for_pass(running)
+        if torch.get_num_threads() != threads:  # each change also rewrites torch's process-wide count
+            torch.set_num_threads(threads)
         try:
             yield running
         finally:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.batching import DecodeBatcher, Retired
+from service.guard import RequestGuard
 from tests.conftest import publish_tiny, wait_until
 from tests.service.conftest import make_settings, start_server, threaded_server
 from tests.service.test_runtime import metric, with_app
@@ -299,3 +300,60 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
         text = httpx.get(f"{url}/metrics").text
     assert metric(text, 'facegen_rows_dropped_total{model="gan"}') == 6 * 5
     assert metric(text, 'facegen_rows_decoded_total{model="gan"}') == workers + 2
+
+
+def guarded(app, timeout: float, receive, send):
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "state": {}}
+    return scope, RequestGuard(app, timeout=timeout)(scope, receive, send)
+
+
+def test_the_guard_answers_504_only_for_its_own_deadline():
+    async def raises_timeout(scope, receive, send):
+        raise TimeoutError("a socket's ETIMEDOUT")  # the app's own error: the error handlers answer it
+
+    async def request():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def never():
+        await asyncio.Event().wait()
+
+    async def body():
+        messages = iter([request, never])
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        _, call = guarded(raises_timeout, 5, lambda: next(messages)(), send)
+        with pytest.raises(TimeoutError, match="ETIMEDOUT"):
+            await call
+        return sent
+
+    assert asyncio.run(body()) == []
+
+
+def test_a_client_leaving_while_its_504_goes_out_ends_the_request_quietly():
+    async def slow(scope, receive, send):
+        await asyncio.sleep(10)
+
+    async def body():
+        left = asyncio.Event()
+        first = True
+
+        async def receive():
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):  # the client stopped reading, then leaves while the 504 is being written
+            left.set()
+            await asyncio.sleep(1)
+
+        scope, call = guarded(slow, 0.05, receive, send)
+        await asyncio.wait_for(call, HANG)  # returns, no CancelledError out of the guard
+        return asyncio.current_task().cancelling()
+
+    assert asyncio.run(body()) == 0
