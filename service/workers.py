@@ -3,7 +3,7 @@
 On a CPU one forward pass spread over every core (one OpenMP team) stalls whenever anything else
 needs a core: the event loop parsing requests, a PNG being encoded. The team meets at a barrier
 after every layer, so one preempted thread holds up the others, which spin waiting for it. Under
-overload on a 2-core EPYC the decoder's two threads then kept 1.30-1.37 cores busy and decoded as
+overload on a 2-core EPYC the decoder's two threads then kept 1.26-1.37 cores busy and decoded as
 if it had far fewer. Passes that each run on one core in threads of their own do not wait for each
 other, and a single-threaded convolution is also the more efficient per core (GAN decode, batch 64,
 bf16: 3.9 core-ms per face on one thread, 4.9 on two).
