@@ -101,7 +101,6 @@ class ModelRegistry:
         self.store = CheckpointStore(settings.checkpoint_root)
         self.device = torch.device(settings.device)
         self.workers = InferencePool(settings.inference_workers or default_workers(self.device, settings.compile))
-        self.executor = self.workers.executor
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
         self.latest: dict[str, ServedModel] = {}
         self.older: OrderedDict[tuple[str, int], ServedModel] = OrderedDict()
@@ -150,7 +149,7 @@ class ModelRegistry:
             forward = await loop.run_in_executor(self.loader, compile_decoder, ckpt.model, self.device, self.autocast,
                                                  f"{name} v{version}")
         decode = functools.partial(decode_images, forward, device=self.device, autocast=self.autocast)
-        batcher = DecodeBatcher(decode, self.executor, s.max_batch, s.max_wait_ms / 1000, s.max_queue_s,
+        batcher = DecodeBatcher(decode, self.workers.executor, s.max_batch, s.max_wait_ms / 1000, s.max_queue_s,
                                 on_batch=lambda n: self.on_batch(name, n), on_drop=lambda n: self.on_drop(name, n), after_pass=self.trim_heap,
                                 parallel=self.workers.workers, forward_pass=self.workers.forward_pass)
         return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.precision)

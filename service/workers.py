@@ -54,7 +54,7 @@ class InferencePool:
     @contextlib.contextmanager
     def forward_pass(self):
         """Around a forward pass on an inference thread: sets that thread's intra-op threads
-        (OpenMP's setting is per thread) and yields how many passes are running, itself included."""
+        (OpenMP's setting is per thread) for as many passes as are running, itself included."""
         with self.lock:
             self.busy += 1
             running = self.busy
@@ -62,7 +62,7 @@ class InferencePool:
         if torch.get_num_threads() != threads:  # each change also rewrites torch's process-wide count
             torch.set_num_threads(threads)
         try:
-            yield running
+            yield
         finally:
             with self.lock:
                 self.busy -= 1

@@ -294,7 +294,7 @@ async def read_faces(request: Request, files: list[UploadFile], size: int) -> to
 
 
 async def embed(request: Request, served: ServedModel, faces: torch.Tensor) -> torch.Tensor:
-    """Encode on the inference thread; the faces count against the model's admission budget like rows to decode."""
+    """Encode on an inference thread; the faces count against the model's admission budget like rows to decode."""
     try:
         with served.batcher.admit(len(faces)):
             return await request.app.state.registry.workers.run(served.embed, faces)

@@ -390,7 +390,7 @@ def test_the_event_loop_yields_the_cpu_to_decoding(served_store):
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     with TestClient(create_app(make_settings(served_store, loop_nice=5))) as client:
         loop_thread = client.portal.call(threading.get_native_id)
-        inference_thread = client.app.state.registry.executor.submit(threading.get_native_id).result()
+        inference_thread = client.app.state.registry.workers.executor.submit(threading.get_native_id).result()
         assert os.getpriority(os.PRIO_PROCESS, loop_thread) == min(19, base + 5)
         assert os.getpriority(os.PRIO_PROCESS, inference_thread) == base  # started before the loop was lowered
         assert client.get("/sample?model=gan&n=2").status_code == 200
