@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections import OrderedDict
@@ -17,7 +18,7 @@ from models_core.projection import Projection, ProjectionConfig
 from models_core.precision import Precision, choose_precision
 from service.batching import DecodeBatcher
 from service.errors import ApiError
-from service.inference import compile_decoder, run_inference
+from service.inference import compile_decoder, run_inference, serving_copy
 from service.memory import HeapTrimmer, release_memory
 from service.settings import Settings
 from service.workers import InferencePool, default_workers
@@ -135,7 +136,7 @@ class ModelRegistry:
     async def _load(self, name: str, version: int) -> ServedModel:
         loop = asyncio.get_running_loop()
         try:
-            ckpt = await loop.run_in_executor(self.loader, self.store.load, name, version, self.device)
+            ckpt = await loop.run_in_executor(self.loader, self.read, name, version)
         except Exception as e:  # a bad checksum, an unreadable file, a malformed config: refuse it, serve the rest
             self.refused.add((name, version))
             log.error("refusing %s v%d: %s", name, version, e)
@@ -153,6 +154,11 @@ class ModelRegistry:
                                 on_batch=lambda n: self.on_batch(name, n), on_drop=lambda n: self.on_drop(name, n), after_pass=self.trim_heap,
                                 parallel=self.workers.workers, forward_pass=self.workers.forward_pass)
         return ServedModel(name, ckpt.manifest.version, ckpt, batcher, self.device, self.precision)
+
+    def read(self, name: str, version: int) -> Checkpoint:
+        """A version verified and loaded from the store, its network made ready to serve. Blocking."""
+        ckpt = self.store.load(name, version, self.device)
+        return dataclasses.replace(ckpt, model=serving_copy(ckpt.model, self.precision.dtype))
 
     async def refresh(self) -> None:
         """Serve the newest loadable version of every model. A version that fails to load is

@@ -35,9 +35,14 @@ class PngCache:
             self.bytes -= len(self.items.popitem(last=False)[1][0])
 
 
+# Bumped whenever the served numerics change, so that an ETag never names other bytes than before.
+# 2: BatchNorm folded into the convolutions, bf16 weights.
+NUMERICS = 2
+
+
 def etag_for(endpoint: str, model: str, version: int, precision: str, params: dict) -> str:
     # The precision is part of what a response is: bf16 and fp32 decode to different bytes.
-    identity = json.dumps([endpoint, model, version, precision, sorted(params.items())], default=str)
+    identity = json.dumps([endpoint, model, version, precision, NUMERICS, sorted(params.items())], default=str)
     return '"' + hashlib.sha256(identity.encode()).hexdigest()[:32] + '"'
 
 

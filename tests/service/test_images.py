@@ -77,6 +77,33 @@ def test_precision_is_part_of_a_response_identity(served_store):
     assert seen["fp32"] != seen["bf16"]
 
 
+def test_bf16_serves_a_folded_bf16_copy_that_draws_the_fp32_faces(served_store):
+    """The served network has BatchNorm folded and its weights stored in bf16; its faces are the
+    stored fp32 network's, to bf16's precision, for the decoder and the encoder alike."""
+    import torch
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    def pixels(response):
+        assert response.status_code == 200, response.text
+        return np.asarray(Image.open(io.BytesIO(response.content)), dtype=float)
+
+    faces = {}
+    for precision in ("bf16", "fp32"):
+        app = create_app(make_settings(served_store, precision=precision))
+        with TestClient(app) as c:
+            net = app.state.registry.latest["vae"].net
+            assert {p.dtype for p in net.parameters()} == {getattr(torch, {"bf16": "bfloat16", "fp32": "float32"}[precision])}
+            assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+            files = [("files", ("face.png", image_bytes((40 * i, 200 - 30 * i, 90)), "image/png")) for i in range(4)]
+            faces[precision] = [pixels(c.get("/sample?model=gan&n=4&seed=7")),
+                                pixels(c.post("/reconstruct?model=vae", files=files))]
+    for bf16, fp32 in zip(faces["bf16"], faces["fp32"]):
+        psnr = 10 * np.log10(255**2 / max(((bf16 - fp32) ** 2).mean(), 1e-9))
+        assert psnr > 35, f"bf16 vs fp32 PSNR {psnr:.1f} dB"
+
+
 def test_same_request_is_identical_without_the_cache(served_store):
     from fastapi.testclient import TestClient
 
