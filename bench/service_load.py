@@ -12,6 +12,7 @@ where wrk is missing). Seeds vary per request so neither side is served from a c
 
 import argparse
 import asyncio
+import functools
 import io
 import os
 import random
@@ -34,12 +35,19 @@ def build_app(checkpoint_root: str):
     from fastapi import Query, Request, Response
     from PIL import Image
 
+    from models_core.checkpoint import CheckpointStore
     from models_core.images import image_grid
     from models_core.latent import PcaBasis, sample_prior
     from service.app import create_app
     from service.settings import Settings
 
     app = create_app(Settings(checkpoint_root=checkpoint_root))
+    store = CheckpointStore(checkpoint_root)
+
+    @functools.cache
+    def stored_net(model: str):
+        """The network as stored (fp32, unfolded): the service serves a copy prepared for serving."""
+        return store.load(model).model
 
     def png(images) -> Response:
         buffer = io.BytesIO()
@@ -48,16 +56,15 @@ def build_app(checkpoint_root: str):
 
     @app.get("/baseline/sample")
     def baseline_sample(request: Request, model: str = "gan", n: int = Query(64, le=256), seed: int = 0):
-        net = request.app.state.registry.latest[model].net
+        net = stored_net(model)
         with torch.no_grad():
             return png(net.decode(sample_prior(n, net.latent_dim, torch.Generator().manual_seed(seed))))
 
     @app.get("/baseline/pca-grid")
     def baseline_pca_grid(request: Request, model: str = "gan", steps: int = 10, seed: int = 0):
-        served = request.app.state.registry.latest[model]
-        net = served.net
+        net = stored_net(model)
         with torch.no_grad():
-            if served.manifest.kind == "gan":
+            if request.app.state.registry.latest[model].manifest.kind == "gan":
                 from trainer.bases import ganspace_basis  # the bench may use the trainer; the service never does
 
                 basis = ganspace_basis(net, torch.device("cpu"), n_samples=5000)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from service.app import create_app
-from service.batching import DecodeBatcher, Retired
+from service.batching import MIN_ROWS_BESIDE, DecodeBatcher, Retired
 from service.guard import RequestGuard
 from tests.conftest import publish_tiny, wait_until
 from tests.service.conftest import make_settings, start_server, threaded_server
@@ -283,7 +283,8 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
         def gone() -> float:
             return metric(httpx.get(f"{url}/metrics").text, 'facegen_requests_total{endpoint="/sample",model="gan",status="499"}')
 
-        first = [threading.Thread(target=ask, args=(i, 1, 60)) for i in range(workers)]  # occupy every inference thread
+        # Occupy every inference thread: each with rows enough for a pass beside the others.
+        first = [threading.Thread(target=ask, args=(i, MIN_ROWS_BESIDE, 60)) for i in range(workers)]
         for t in first:
             t.start()
             assert started.acquire(timeout=30)
@@ -299,7 +300,7 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
         assert ask(99, 2, 30) == 200  # and the server carries on
         text = httpx.get(f"{url}/metrics").text
     assert metric(text, 'facegen_rows_dropped_total{model="gan"}') == 6 * 5
-    assert metric(text, 'facegen_rows_decoded_total{model="gan"}') == workers + 2
+    assert metric(text, 'facegen_rows_decoded_total{model="gan"}') == workers * MIN_ROWS_BESIDE + 2
 
 
 def guarded(app, timeout: float, receive, send):

@@ -423,6 +423,37 @@ def test_passes_run_side_by_side_each_on_its_share_of_the_cores():
     assert pool.threads_for_pass(1) == 2 and pool.threads_for_pass(2) == 1
 
 
+def test_a_few_rows_wait_for_the_running_pass_and_enough_start_one_beside_it():
+    """A second pass starts beside a running one only for min_rows_beside rows: fewer join the
+    batch after it, in one pass, rather than a small pass each."""
+    release, batches = threading.Event(), []
+
+    def held(z):
+        batches.append(len(z))
+        release.wait(10)
+        return z
+
+    async def body():
+        b = DecodeBatcher(held, ThreadPoolExecutor(2), max_batch=16, max_wait=0, max_queue_s=1, parallel=2,
+                          min_rows_beside=4)
+        running = asyncio.ensure_future(b.decode(torch.ones(1, 2)))
+        await asyncio.sleep(0.1)
+        few = [asyncio.ensure_future(b.decode(torch.ones(1, 2))) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        queued_while_running = list(batches)
+        more = asyncio.ensure_future(b.decode(torch.ones(1, 2)))  # the fourth row waiting: a pass beside
+        await asyncio.sleep(0.2)
+        beside = list(batches)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(running, *few, more), 10)
+        await b.retire()
+        return queued_while_running, beside
+
+    queued_while_running, beside = asyncio.run(body())
+    assert queued_while_running == [1]
+    assert beside == [1, 4]
+
+
 def test_every_row_of_side_by_side_passes_is_answered_when_retired():
     release = threading.Event()
 
