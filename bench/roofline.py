@@ -20,6 +20,7 @@ from hardware import describe
 from models_core import small_map_conv
 from models_core.precision import choose_precision
 from models_core.registry import build_model, get_kind
+from models_core.folding import serving_copy
 from trainer.config import TrainConfig
 from trainer.tasks import make_task
 
@@ -77,9 +78,13 @@ def train_step_case(model: str, preset: str, precision, device: torch.device, be
     return f"{model} step before", cfg.batch_size, step
 
 
-def decode_case(model: str, preset: str, precision, device: torch.device, batch: int):
+def decode_case(model: str, preset: str, precision, device: torch.device, batch: int, before: bool = False):
+    """The service's decode, through the copy it serves; with `before`, the stored fp32 network
+    under autocast, as it was served before models_core.folding.serving_copy."""
     torch.manual_seed(0)
     net = build_model(model, get_kind(model).presets[preset]).to(device).eval()
+    if not before:
+        net = serving_copy(net, precision.dtype)
     z = torch.randn(batch, net.latent_dim, device=device)
     autocast = precision.autocast(device)
 
@@ -87,7 +92,7 @@ def decode_case(model: str, preset: str, precision, device: torch.device, batch:
         with torch.inference_mode(), autocast():
             return net.decode(z)
 
-    return f"{model} decode", batch, decode
+    return f"{model} decode" + (" before" if before else ""), batch, decode
 
 
 def main():
@@ -96,11 +101,12 @@ def main():
     p.add_argument("--preset", default="seed", help="network size (default: the seed study's)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--gemm", type=int, default=None, help="GEMM side (default 2048 on CPU, 8192 on GPU)")
-    p.add_argument("--decode-batch", type=int, default=64)
+    p.add_argument("--decode-batch", type=int, nargs="+", default=[64], help="decode batch sizes (default 64)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--models", nargs="+", default=["ae", "vae", "gan"])
     p.add_argument("--before", action="store_true", help="also time each step as it ran before the GEMM weight "
-                   "gradient for small maps (models_core/small_map_conv.py) and the fused Adam")
+                   "gradient for small maps (models_core/small_map_conv.py) and the fused Adam, and each decode "
+                   "before the service decoded a folded copy in the computing dtype")
     args = p.parse_args()
     device = torch.device(args.device)
     precision = choose_precision(args.precision, device)
@@ -115,7 +121,11 @@ def main():
     cases = [train_step_case(m, args.preset, precision, device) for m in args.models]
     if args.before:
         cases += [train_step_case(m, args.preset, precision, device, before=True) for m in args.models]
-    cases += [decode_case(m, args.preset, precision, device, args.decode_batch) for m in args.models]
+    for m in args.models:
+        for batch in args.decode_batch:
+            cases.append(decode_case(m, args.preset, precision, device, batch))
+            if args.before:
+                cases.append(decode_case(m, args.preset, precision, device, batch, before=True))
     print(f"{'work':17} {'batch':>5} {'GFLOP/img':>10} {'ms/step':>8} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>8}")
     for label, batch, fn in cases:
         flops = count_flops(fn)

@@ -11,6 +11,7 @@ import torch
 
 from models_core import views
 from models_core.checkpoint import Checkpoint
+from models_core.folding import serving_copy
 from models_core.images import decode_images, encode_png, image_grid, originals_over_reconstructions, side_by_side, to_uint8
 from models_core.precision import Precision
 from models_core.projection import ProjectionConfig, project
@@ -26,7 +27,7 @@ class Renderer:
 
     def __init__(self, ckpt: Checkpoint, device: torch.device, precision: Precision):
         self.ckpt, self.device, self.autocast = ckpt, device, precision.autocast(device)
-        self.net = ckpt.model.to(device)
+        self.net = serving_copy(ckpt.model.to(device), precision.dtype)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return decode_images(self.net.decode, z, self.device, self.autocast)

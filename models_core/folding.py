@@ -1,4 +1,4 @@
-"""BatchNorm folded into the layer before it, for serving.
+"""The network as served: BatchNorm folded into the layer before it, weights in the computing dtype.
 
 In eval mode BatchNorm is a per-channel affine map, y = scale · x + shift with
 scale = γ / sqrt(running_var + ε) and shift = β − running_mean · scale, so it can be multiplied
@@ -34,6 +34,16 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
                   and _fold_into_linear(layers[i - 2], bn, prev.unflattened_size)):
                 seq[i] = nn.Identity()
     return net
+
+
+def serving_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The network as served: BatchNorm folded into the layers before it, the weights stored in the
+    dtype it computes in, and convolution weights channels-last, the layout oneDNN and cuDNN run
+    fastest. Under bf16 autocast an fp32 network has every weight cast on every call: for one face
+    that was most of the work (GAN 10.6 -> 5.7 ms, VAE 47 -> 16 ms on one core of a 2-core EPYC with
+    avx512_bf16; batch 32: 3.8 -> 3.2 and 6.6 -> 4.9 ms a face)."""
+    net = fold_batchnorm(model).to(dtype=dtype, memory_format=torch.channels_last)
+    return net.requires_grad_(False)
 
 
 def _affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

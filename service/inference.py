@@ -6,8 +6,6 @@ from typing import Callable
 
 import torch
 
-from models_core.folding import fold_batchnorm
-
 log = logging.getLogger("facegen.service")
 
 
@@ -15,16 +13,6 @@ def run_inference(fn, x: torch.Tensor, device: torch.device, autocast) -> torch.
     """fn(x) on the device, without autograd, under the served precision; float32 on the CPU back."""
     with torch.inference_mode(), autocast():
         return fn(x.to(device)).float().cpu()
-
-
-def serving_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """The network as served: BatchNorm folded into the layers before it, the weights stored in the
-    dtype it computes in, and convolution weights channels-last, the layout oneDNN and cuDNN run
-    fastest. Under bf16 autocast an fp32 network has every weight cast on every call: for one face
-    that was most of the work (GAN 10.6 -> 5.7 ms, VAE 47 -> 16 ms on one core of a 2-core EPYC with
-    avx512_bf16; batch 32: 3.8 -> 3.2 and 6.6 -> 4.9 ms a face)."""
-    net = fold_batchnorm(model).to(dtype=dtype, memory_format=torch.channels_last)
-    return net.requires_grad_(False)
 
 
 def compile_decoder(model: torch.nn.Module, device: torch.device, autocast, label: str) -> Callable:

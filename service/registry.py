@@ -18,7 +18,8 @@ from models_core.projection import Projection, ProjectionConfig
 from models_core.precision import Precision, choose_precision
 from service.batching import DecodeBatcher
 from service.errors import ApiError
-from service.inference import compile_decoder, run_inference, serving_copy
+from models_core.folding import serving_copy
+from service.inference import compile_decoder, run_inference
 from service.memory import HeapTrimmer, release_memory
 from service.settings import Settings
 from service.workers import InferencePool, default_workers

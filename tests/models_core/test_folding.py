@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from models_core.conv_transpose import ConvTranspose2d
 from models_core.dcgan import DCGAN_PRESETS, Generator
-from models_core.folding import fold_batchnorm
+from models_core.folding import fold_batchnorm, serving_copy
 from models_core.vae import VAE, VAEConfig
 
 
@@ -74,3 +74,17 @@ def test_batchnorm_that_does_not_follow_a_layer_it_can_fold_into_stays():
     x = torch.randn(2, 3, 8, 8)
     assert batchnorms(folded) == 3
     torch.testing.assert_close(folded(x), net(x))
+
+
+@torch.no_grad()
+def test_serving_copy_stores_weights_in_the_computing_dtype_channels_last_and_frozen():
+    g = with_running_stats(Generator(DCGAN_PRESETS["tiny"]))
+    served = serving_copy(g, torch.bfloat16)
+    convs = [m for m in served.modules() if isinstance(m, ConvTranspose2d)]
+    assert {p.dtype for p in served.parameters()} == {torch.bfloat16}
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert not any(p.requires_grad for p in served.parameters())
+    z = torch.randn(4, g.latent_dim)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        images = served.decode(z).float()
+    assert (images - g.decode(z)).abs().max() < 0.05  # bf16's precision, on [-1, 1]
