@@ -12,6 +12,7 @@ where wrk is missing). Seeds vary per request so neither side is served from a c
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import io
 import os
@@ -35,7 +36,7 @@ def build_app(checkpoint_root: str):
     from fastapi import Query, Request, Response
     from PIL import Image
 
-    from models_core.checkpoint import CheckpointStore
+    from models_core.checkpoint import CheckpointError, CheckpointStore
     from models_core.images import image_grid
     from models_core.latent import PcaBasis, sample_prior
     from service.app import create_app
@@ -48,6 +49,10 @@ def build_app(checkpoint_root: str):
     def stored_net(model: str):
         """The network as stored (fp32, unfolded): the service serves a copy prepared for serving."""
         return store.load(model).model
+
+    for model in store.models():  # loaded now, not inside the first timed request
+        with contextlib.suppress(CheckpointError):
+            stored_net(model)
 
     def png(images) -> Response:
         buffer = io.BytesIO()

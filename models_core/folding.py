@@ -30,7 +30,7 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
             prev = layers[i - 1]
             if isinstance(prev, CONVS) and _fold_into_conv(prev, bn):
                 seq[i] = nn.Identity()
-            elif (isinstance(prev, nn.Unflatten) and i >= 2 and isinstance(layers[i - 2], nn.Linear)
+            elif (isinstance(prev, nn.Unflatten) and prev.dim in (1, -1) and i >= 2 and isinstance(layers[i - 2], nn.Linear)
                   and _fold_into_linear(layers[i - 2], bn, prev.unflattened_size)):
                 seq[i] = nn.Identity()
     return net

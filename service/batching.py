@@ -42,7 +42,8 @@ class DecodeBatcher:
     turns. Up to `parallel` drains run at once, each on its own inference thread, each taking its
     own batch (service/workers.py says why); `forward_pass` is entered around each pass (it sets the
     thread's share of the cores). A drain starts beside a running one only once `min_rows_beside`
-    rows wait: fewer wait for the running pass to end, and join the next batch.
+    rows wait, or when the running passes are long (half a batch or more): fewer rows wait for a
+    short pass to end, and join the next batch.
 
     Every row taken is either decoded or failed with Retired; none is left waiting. Rows whose
     request has gone (its future cancelled: the client disconnected or its deadline passed) are
@@ -70,7 +71,8 @@ class DecodeBatcher:
         self.on_batch, self.on_drop = on_batch, on_drop
         self.loop = asyncio.get_running_loop()
         self.items: collections.deque = collections.deque()  # (latents, future): appended on the loop, taken by the thread
-        self.queued_rows = 0  # rows in items
+        self.queued_rows = 0  # rows in items (those of requests since abandoned too, until taken)
+        self.taken_rows = 0  # rows the drains took and have not yet answered
         self.arrived = threading.Condition()  # guards items, taken, drains and stopped
         self.taken: set[asyncio.Future] = set()  # what the drains hold between the queue and their answer
         self.drains = 0  # drains queued on or running in the executor
@@ -127,7 +129,8 @@ class DecodeBatcher:
                 self.items.append((z, future))
                 self.queued_rows += len(z)
                 self.arrived.notify()
-                start = not self.drains or (self.drains < self.parallel and self.queued_rows >= self.min_rows_beside)
+                start = not self.drains or (self.drains < self.parallel and (
+                    self.queued_rows >= self.min_rows_beside or self.taken_rows >= self.max_batch // 2))
                 self.drains += start
             if start:
                 self.executor.submit(self.drain)
@@ -140,6 +143,7 @@ class DecodeBatcher:
             self.decode_batch(batch)
         with self.arrived:
             self.taken.difference_update(f for _, f in batch)
+            self.taken_rows -= sum(len(z) for z, _ in batch)
             idle = not self.items or self.stopped
             if idle:
                 self.drains -= 1
@@ -166,6 +170,7 @@ class DecodeBatcher:
                     if not batch or remaining <= 0 or not self.arrived.wait(remaining):
                         break
             self.taken.update(future for _, future in batch)
+            self.taken_rows += rows
             return batch
 
     def decode_batch(self, batch: list) -> None:

@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 from collections import OrderedDict
@@ -159,7 +158,8 @@ class ModelRegistry:
     def read(self, name: str, version: int) -> Checkpoint:
         """A version verified and loaded from the store, its network made ready to serve. Blocking."""
         ckpt = self.store.load(name, version, self.device)
-        return dataclasses.replace(ckpt, model=serving_copy(ckpt.model, self.precision.dtype))
+        ckpt.model = serving_copy(ckpt.model, self.precision.dtype)  # in place: the checked discriminator stays
+        return ckpt
 
     async def refresh(self) -> None:
         """Serve the newest loadable version of every model. A version that fails to load is

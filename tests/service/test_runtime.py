@@ -423,35 +423,46 @@ def test_passes_run_side_by_side_each_on_its_share_of_the_cores():
     assert pool.threads_for_pass(1) == 2 and pool.threads_for_pass(2) == 1
 
 
-def test_a_few_rows_wait_for_the_running_pass_and_enough_start_one_beside_it():
-    """A second pass starts beside a running one only for min_rows_beside rows: fewer join the
-    batch after it, in one pass, rather than a small pass each."""
-    release, batches = threading.Event(), []
+def passes_seen_while_held(first_rows: int, then: list[int], max_batch: int = 16, min_rows_beside: int = 4):
+    """Batch sizes passed to forward while a first pass of `first_rows` rows is held, after requests
+    of `then` rows each arrive one by one; every request is answered once the pass is let go."""
+    started, release, batches = threading.Event(), threading.Event(), []
 
     def held(z):
         batches.append(len(z))
+        started.set()
         release.wait(10)
         return z
 
     async def body():
-        b = DecodeBatcher(held, ThreadPoolExecutor(2), max_batch=16, max_wait=0, max_queue_s=1, parallel=2,
-                          min_rows_beside=4)
-        running = asyncio.ensure_future(b.decode(torch.ones(1, 2)))
-        await asyncio.sleep(0.1)
-        few = [asyncio.ensure_future(b.decode(torch.ones(1, 2))) for _ in range(3)]
-        await asyncio.sleep(0.2)
-        queued_while_running = list(batches)
-        more = asyncio.ensure_future(b.decode(torch.ones(1, 2)))  # the fourth row waiting: a pass beside
-        await asyncio.sleep(0.2)
-        beside = list(batches)
+        b = DecodeBatcher(held, ThreadPoolExecutor(2), max_batch=max_batch, max_wait=0, max_queue_s=1, parallel=2,
+                          min_rows_beside=min_rows_beside)
+        requests = [asyncio.ensure_future(b.decode(torch.ones(first_rows, 2)))]
+        assert await asyncio.to_thread(started.wait, 10)  # the first pass holds its rows
+        seen = []
+        for rows in then:
+            requests.append(asyncio.ensure_future(b.decode(torch.ones(rows, 2))))
+            await asyncio.sleep(0.1)  # time for a pass beside to start, were it going to
+            seen.append(list(batches))
         release.set()
-        await asyncio.wait_for(asyncio.gather(running, *few, more), 10)
+        await asyncio.wait_for(asyncio.gather(*requests), 10)
         await b.retire()
-        return queued_while_running, beside
+        return seen
 
-    queued_while_running, beside = asyncio.run(body())
-    assert queued_while_running == [1]
-    assert beside == [1, 4]
+    return asyncio.run(body())
+
+
+def test_a_few_rows_wait_for_a_short_running_pass_and_enough_start_one_beside_it():
+    """Beside a short pass, a second one starts only for min_rows_beside rows: fewer join the batch
+    after it, in one pass, rather than a small pass each."""
+    seen = passes_seen_while_held(1, [1, 1, 1, 1])
+    assert seen[:3] == [[1], [1], [1]]  # one, two, three rows wait
+    assert seen[3] == [1, 4]  # the fourth: a pass beside
+
+
+def test_a_single_row_starts_a_pass_beside_a_long_one():
+    """Beside a pass of half a batch or more, a lone row does not wait for it."""
+    assert passes_seen_while_held(8, [1]) == [[8, 1]]
 
 
 def test_every_row_of_side_by_side_passes_is_answered_when_retired():
