@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from hardware import describe
 from models_core import small_map_conv
+from models_core.folding import serving_copy
 from models_core.precision import choose_precision
 from models_core.registry import build_model, get_kind
-from models_core.folding import serving_copy
 from trainer.config import TrainConfig
 from trainer.tasks import make_task
 
@@ -144,6 +144,7 @@ def main():
         achieved = flops / seconds / 1e9
         print(f"{label:17} {batch:5d} {flops / batch / 1e9:10.2f} {seconds * 1e3:8.1f} {batch / seconds:8.1f} "
               f"{achieved:8.0f} {achieved / peak:7.0%}")
+
 
 if __name__ == "__main__":
     main()

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import torch
 
 from models_core.checkpoint import MODEL_NAME_RE, Checkpoint, CheckpointError, CheckpointStore
+from models_core.folding import serving_copy
 from models_core.images import decode_images
 from models_core.latent import PcaBasis
 from models_core.projection import Projection, ProjectionConfig
 from models_core.precision import Precision, choose_precision
 from service.batching import DecodeBatcher
 from service.errors import ApiError
-from models_core.folding import serving_copy
 from service.inference import compile_decoder, run_inference
 from service.memory import HeapTrimmer, release_memory
 from service.settings import Settings
