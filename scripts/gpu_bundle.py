@@ -9,8 +9,9 @@ or earlier so that the whole call ends by --deadline, and publishes every few ep
 published versions on the valid split, newest first, until the deadline (PSNR of
 reconstructions for AE/VAE, SWD of samples for the GAN: never the test split) and writes to
 --out the best version of each model with its run's logs, byte-shuffled and zlib-compressed
-(bf16 weights shrink ~30%, which the call's 64 MiB return limit needs), plus summary.json with
-every version's score. At home:
+(bf16 weights shrink ~30%, which the call's 64 MiB return limit needs), one bundle per model
+(NAME.partNN: what does not fit one call's return limit can come back in a second call on the
+warm machine), plus summary.json with every version's score. At home:
 
     python scripts/gpu_bundle.py unpack FILES_AT --to /tmp/gpu
     python -m trainer promote --model vae --from /tmp/gpu/ck_vae   # then evaluate on the test split
@@ -69,10 +70,16 @@ def pack(paths: dict[str, Path], out: Path, name: str = "bundle") -> list[Path]:
     return parts
 
 
-def unpack(folder: Path, to: Path, name: str = "bundle") -> None:
-    parts = sorted(folder.glob(f"{name}.part*"))
-    if not parts:
+def unpack(folder: Path, to: Path, name: str = "*") -> None:
+    bundles = sorted({p.name.rsplit(".part", 1)[0] for p in folder.glob(f"{name}.part*")})
+    if not bundles:
         raise SystemExit(f"no {name}.part* files in {folder}")
+    for bundle in bundles:
+        unpack_one(sorted(folder.glob(f"{bundle}.part*")), to)
+
+
+def unpack_one(parts: list[Path], to: Path) -> None:
+    folder = parts[0].parent
     blob = b"".join(p.read_bytes() for p in parts)
     if not blob.startswith(MAGIC):
         raise SystemExit(f"{parts[0]} is not a bundle written by this script")
@@ -138,7 +145,7 @@ def train(args) -> int:
     data = work / "data"
     if not (data / "dataset.json").exists():
         trainer("prepare-data", args.data, "--out", data, "--no-progress")
-    for old in [work / "runs", *work.glob("ck_*")]:  # a warm machine keeps /tmp: score only this call's runs
+    for old in [p for p in [work / "runs", *work.glob("ck_*")] if p.exists()]:  # a warm machine keeps /tmp: score only this call's runs
         shutil.rmtree(old)
     t0, runs = time.time(), {}
     minutes = min(args.minutes, (end - RUN_OVERHEAD_S - SCORING_S - PACKING_S - time.monotonic()) / 60)
@@ -152,6 +159,7 @@ def train(args) -> int:
             "--model", model, "--name", name, "--preset", preset or "seed", "--data", data, "--precision", args.precision,
             "--time-limit", f"{minutes:.2f}", "--publish-every", PUBLISH_EVERY[model], "--publish-dtype", "bfloat16",
             "--no-progress", "--log-every", 200, "--runs-dir", work / "runs", "--checkpoints", work / f"ck_{name}",
+            "--lr-warmdown", args.lr_warmdown if model in ("ae", "vae") else 0,
             *[f"--{f}" for f in flags], *args.train_args, log=work / f"{name}.log", wait=False)
     failed = finish_runs(runs, end - SCORING_S - PACKING_S)
     print(f"trained {', '.join(runs)} in {time.time() - t0:.0f} s" + (f"; FAILED: {failed}" if failed else ""))
@@ -161,7 +169,7 @@ def train(args) -> int:
     from trainer.evaluate import evaluate
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    faces, summary, keep = PackedFaces.open(data), {}, {}
+    faces, summary = PackedFaces.open(data), {}
     for i, (name, (model, _)) in enumerate(runs.items()):
         store = CheckpointStore(work / f"ck_{name}")
         now = time.monotonic()
@@ -175,14 +183,13 @@ def train(args) -> int:
                                                       for v, s in scores.items()}}
         print(f"{name}: best v{best} by {SCORE[model][0]} on valid:",
               ", ".join(f"v{v} {s[SCORE[model][0]]:.3f}" for v, s in scores.items()))
-        keep[f"ck_{name}/{name}/{best:06d}"] = store.path(name, best)
         run = next((work / "runs").glob(f"*-{name}"))
-        for f in ("metrics.jsonl", "config.json"):
-            keep[f"runs/{run.name}/{f}"] = run / f
-        keep[f"logs/{name}.log"] = work / f"{name}.log"
+        keep = {f"ck_{name}/{name}/{best:06d}": store.path(name, best), f"logs/{name}.log": work / f"{name}.log"}
+        keep |= {f"runs/{run.name}/{f}": run / f for f in ("metrics.jsonl", "config.json")}
+        # One bundle per run, so that a call can bring back some now and the rest in a second call.
+        parts = pack(keep, out, name=name)
+        print(f"{name}: packed into {len(parts)} part(s), {sum(p.stat().st_size for p in parts) / 2**20:.1f} MiB")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    parts = pack(keep, out)
-    print(f"packed {len(keep)} entries into {len(parts)} part(s), {sum(p.stat().st_size for p in parts) / 2**20:.1f} MiB")
     return 1 if failed else 0
 
 
@@ -196,14 +203,17 @@ def main(argv=None) -> int:
     t.add_argument("--deadline", type=float, help="minutes from the start by which everything is packed: runs train "
                    f"until {RUN_OVERHEAD_S + SCORING_S + PACKING_S} s before it at the latest (start-up, last publish, "
                    "scoring, packing), and versions that do not fit are not scored")
-    t.add_argument("--models", nargs="+", default=["gan", "vae", "ae:medium"],
+    t.add_argument("--models", nargs="+", default=["gan", "vae", "ae"],
                    help="MODEL[:PRESET][+FLAG]: +augment adds --augment and names the run gan-augment (default: %(default)s)")
+    t.add_argument("--lr-warmdown", type=float, default=15, metavar="EPOCHS",
+                   help="AE/VAE: the LR falls to 0 over the last EPOCHS epochs before the run's end or --minutes, "
+                        "whichever comes first; the GAN keeps the seed's constant LR (default: %(default)s)")
     t.add_argument("--precision", default="bf16", choices=["auto", "fp32", "bf16"])
     t.add_argument("--n", type=int, default=2000, help="valid faces to score each version on (default: %(default)s)")
     t.add_argument("--work", type=Path, default=Path("/tmp/facegen-gpu"), help="scratch folder (default: %(default)s)")
     t.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="passed on to every trainer run")
     u = sub.add_parser("unpack", help="join, decompress and extract what train packed")
-    u.add_argument("folder", type=Path, help="the folder holding bundle.part*")
+    u.add_argument("folder", type=Path, help="the folder holding NAME.partNN (every bundle in it is unpacked)")
     u.add_argument("--to", type=Path, required=True)
     args = p.parse_args(argv)
     if args.command == "unpack":

@@ -43,7 +43,8 @@ def train_parser() -> argparse.ArgumentParser:
     h.add_argument("--lr", type=float, help="Adam learning rate (VAE/AE 5e-4, GAN 2e-4)")
     h.add_argument("--lr-warmdown", type=float, metavar="EPOCHS",
                    help="let the learning rate fall linearly to 0 over the last EPOCHS epochs of the run (default 0: "
-                        "constant, the seed's); may be set when resuming, to end a run with a warm-down")
+                        "constant, the seed's); may be set when resuming, to end a run with a warm-down. Under --time-limit "
+                        "the warm-down ends at the time limit when that comes first (planned from the speed so far)")
     h.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="Adam betas (VAE/AE 0.9 0.999, GAN 0.5 0.999)")
     h.add_argument("--beta-kl", type=float, help="weight of the KL term for --model vae (default 0.03)")
     h.add_argument("--grad-clip", type=float, help="max gradient norm, 0 disables (GAN and VAE 1.0, AE off)")

@@ -87,14 +87,22 @@ def sudden_jumps(before: dict[str, float], now: dict[str, float], factor: float 
 LOSSES = frozenset({"loss", "recon", "kl", "loss_D", "loss_G"})
 
 
-# Why train_epoch returned before its epoch ended; ranks agree on the largest.
 def lr_at(step: int, total: int, lr: float, warmdown_steps: int) -> float:
     """Constant, then a linear fall to 0 over the last `warmdown_steps` steps of `total`."""
     if warmdown_steps <= 0:
         return lr
-    return lr * min(1.0, (total - step) / warmdown_steps)
+    return lr * min(1.0, max(total - step, 0) / warmdown_steps)
 
 
+def planned_end(total: int, step: int, steps_done: int, seconds_spent: float, seconds_left: float) -> int:
+    """The step a run will end at: `total`, or earlier where its time limit comes first at the speed so
+    far, so that a warm-down ends with the run whichever comes first."""
+    if steps_done <= 0:
+        return total
+    return min(total, step + int(steps_done / max(seconds_spent, 1e-9) * max(seconds_left, 0.0)))
+
+
+# Why train_epoch returned before its epoch ended; ranks agree on the largest.
 KEEP_GOING, OUT_OF_TIME, SIGNALLED = 0, 1, 2
 
 
@@ -156,7 +164,8 @@ class Trainer:
         self.log.write(f"run {self.run_dir}: {cfg.model} ({cfg.preset}) on {self.device} in {self.precision.name} "
                        f"({self.precision.reason}), {len(self.batches)} steps/epoch, {total - self.step} steps to go")
         self.window = MetricWindow(self.device, self.step)
-        self.deadline = time.monotonic() + 60 * cfg.time_limit if cfg.time_limit else None
+        self.started, self.start_step, self.warming_down = time.monotonic(), self.step, False
+        self.deadline = self.started + 60 * cfg.time_limit if cfg.time_limit else None
         stop = StopFlag()
         try:
             why = KEEP_GOING
@@ -207,10 +216,21 @@ class Trainer:
         return KEEP_GOING
 
     def set_lr(self, total: int) -> None:
-        self.lr = lr_at(self.step, total, self.cfg.lr, round(self.cfg.lr_warmdown * len(self.batches)))
+        warmdown_steps = round(self.cfg.lr_warmdown * len(self.batches))
+        lr = lr_at(self.step, self.planned_end(total) if warmdown_steps else total, self.cfg.lr, warmdown_steps)
+        # Under --time-limit the planned end moves with the measured speed; the LR never climbs back up.
+        self.lr = min(lr, self.lr) if self.warming_down else lr
+        self.warming_down = self.lr < self.cfg.lr
         for opt in self.task.optimizers().values():
             for group in opt.param_groups:
                 group["lr"] = self.lr
+
+    def planned_end(self, total: int) -> int:
+        if self.deadline is None:
+            return total
+        now = time.monotonic()
+        end = planned_end(total, self.step, self.step - self.start_step, now - self.started, self.deadline - now)
+        return -max_over_ranks(-end, self.dist, self.device)  # the earliest: every rank sets the same LR
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline

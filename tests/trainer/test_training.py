@@ -18,7 +18,7 @@ from tests.conftest import wait_until
 from tests.trainer.conftest import REPO, run_trainer
 from trainer.config import TrainConfig
 from trainer.data import PackedFaces
-from trainer.loop import lr_at, sudden_jumps, train as train_run
+from trainer.loop import lr_at, planned_end, sudden_jumps, train as train_run
 from trainer.state import STATE_FILE, load_training_state, save_training_state
 from trainer.tasks import load_optimizer_state
 
@@ -227,6 +227,25 @@ def test_a_warmdown_added_on_resume_ends_the_run_with_a_linear_fall_of_the_lr(tm
     assert [(l["step"], l["lr"]) for l in lines] == [(1, 5e-4), (2, 5e-4), (3, 5e-4), (4, 5e-4), (5, 5e-4),
                                                     (6, 3.75e-4), (7, 2.5e-4), (8, 1.25e-4)]
     assert lr_at(0, 100, 1e-3, 0) == lr_at(99, 100, 1e-3, 0) == 1e-3  # no warm-down: the seed's constant LR
+
+
+def test_under_a_time_limit_the_warmdown_ends_when_the_time_runs_out():
+    # 100 steps in 10 s, 5 s left: the run will end at step 150 of its 1,000, and its warm-down with it.
+    assert planned_end(1000, step=100, steps_done=100, seconds_spent=10, seconds_left=5) == 150
+    assert lr_at(140, planned_end(1000, 140, 140, 14, 1), 1e-3, 20) == 0.5e-3
+    assert planned_end(1000, step=900, steps_done=900, seconds_spent=10, seconds_left=5) == 1000  # the epochs end first
+    assert planned_end(1000, step=0, steps_done=0, seconds_spent=0, seconds_left=5) == 1000  # no speed measured yet
+    assert planned_end(1000, step=120, steps_done=20, seconds_spent=2, seconds_left=-1) == 120  # past the deadline
+    assert lr_at(130, 120, 1e-3, 20) == 0.0  # never negative
+
+
+def test_a_time_limited_run_warms_down_to_its_last_step(tmp_path, packed):
+    # Far more epochs than a fraction of a second allows: the LR falls anyway, and never climbs back.
+    assert train(tmp_path, "ae", "--data", packed, "--epochs", "100000", "--batch-size", "16", "--log-every", "1",
+                 "--time-limit", "0.05", "--lr-warmdown", "1000").returncode == 0
+    lrs = [json.loads(line)["lr"] for line in (run_dir(tmp_path, "ae") / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[0] == 5e-4 and lrs[-1] < 0.25 * 5e-4
+    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
 
 
 def test_a_loss_that_jumps_a_hundredfold_is_flagged():
