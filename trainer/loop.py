@@ -19,6 +19,7 @@ from trainer.distributed import Dist, all_gather_tensor, init_distributed, max_o
 from trainer.ema import EMA
 from trainer.log import RunLog
 from trainer.runs import create_run_dir, write_config
+from trainer.schedule import EndPlanner, lr_at
 from trainer.state import STATE_FILE, load_training_state, save_training_state
 from trainer.tasks import load_optimizer_state, make_task
 
@@ -87,21 +88,6 @@ def sudden_jumps(before: dict[str, float], now: dict[str, float], factor: float 
 LOSSES = frozenset({"loss", "recon", "kl", "loss_D", "loss_G"})
 
 
-def lr_at(step: int, total: int, lr: float, warmdown_steps: int) -> float:
-    """Constant, then a linear fall to 0 over the last `warmdown_steps` steps of `total`."""
-    if warmdown_steps <= 0:
-        return lr
-    return lr * min(1.0, max(total - step, 0) / warmdown_steps)
-
-
-def planned_end(total: int, step: int, steps_done: int, seconds_spent: float, seconds_left: float) -> int:
-    """The step a run will end at: `total`, or earlier where its time limit comes first at the speed so
-    far, so that a warm-down ends with the run whichever comes first."""
-    if steps_done <= 0:
-        return total
-    return min(total, step + int(steps_done / max(seconds_spent, 1e-9) * max(seconds_left, 0.0)))
-
-
 # Why train_epoch returned before its epoch ended; ranks agree on the largest.
 KEEP_GOING, OUT_OF_TIME, SIGNALLED = 0, 1, 2
 
@@ -164,8 +150,10 @@ class Trainer:
         self.log.write(f"run {self.run_dir}: {cfg.model} ({cfg.preset}) on {self.device} in {self.precision.name} "
                        f"({self.precision.reason}), {len(self.batches)} steps/epoch, {total - self.step} steps to go")
         self.window = MetricWindow(self.device, self.step)
-        self.started, self.start_step, self.warming_down = time.monotonic(), self.step, False
-        self.deadline = self.started + 60 * cfg.time_limit if cfg.time_limit else None
+        started = time.monotonic()
+        self.deadline = started + 60 * cfg.time_limit if cfg.time_limit else None
+        self.end_planner = EndPlanner(started, self.deadline) if self.deadline else None
+        self.warming_down = False
         stop = StopFlag()
         try:
             why = KEEP_GOING
@@ -226,10 +214,9 @@ class Trainer:
                 group["lr"] = self.lr
 
     def planned_end(self, total: int) -> int:
-        if self.deadline is None:
+        if self.end_planner is None:
             return total
-        now = time.monotonic()
-        end = planned_end(total, self.step, self.step - self.start_step, now - self.started, self.deadline - now)
+        end = self.end_planner.end(total, self.step, time.monotonic())
         return -max_over_ranks(-end, self.dist, self.device)  # the earliest: every rank sets the same LR
 
     def past_deadline(self) -> bool:

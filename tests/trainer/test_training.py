@@ -18,7 +18,8 @@ from tests.conftest import wait_until
 from tests.trainer.conftest import REPO, run_trainer
 from trainer.config import TrainConfig
 from trainer.data import PackedFaces
-from trainer.loop import lr_at, planned_end, sudden_jumps, train as train_run
+from trainer.loop import sudden_jumps, train as train_run
+from trainer.schedule import EndPlanner, lr_at
 from trainer.state import STATE_FILE, load_training_state, save_training_state
 from trainer.tasks import load_optimizer_state
 
@@ -230,12 +231,14 @@ def test_a_warmdown_added_on_resume_ends_the_run_with_a_linear_fall_of_the_lr(tm
 
 
 def test_under_a_time_limit_the_warmdown_ends_when_the_time_runs_out():
-    # 100 steps in 10 s, 5 s left: the run will end at step 150 of its 1,000, and its warm-down with it.
-    assert planned_end(1000, step=100, steps_done=100, seconds_spent=10, seconds_left=5) == 150
-    assert lr_at(140, planned_end(1000, 140, 140, 14, 1), 1e-3, 20) == 0.5e-3
-    assert planned_end(1000, step=900, steps_done=900, seconds_spent=10, seconds_left=5) == 1000  # the epochs end first
-    assert planned_end(1000, step=0, steps_done=0, seconds_spent=0, seconds_left=5) == 1000  # no speed measured yet
-    assert planned_end(1000, step=120, steps_done=20, seconds_spent=2, seconds_left=-1) == 120  # past the deadline
+    plan = EndPlanner(started=0.0, deadline=100.0)
+    # The first step took 3 s (CUDA start-up): no plan from that, or the warm-down would start at once.
+    assert plan.end(10_000, step=1, now=3.0) == 10_000
+    assert plan.end(10_000, step=30, now=10.0) == 10_000  # a tenth of the way in: the speed is measured from here
+    assert plan.end(10_000, step=130, now=20.0) == 130 + 10 * 80  # 10 steps/s, 80 s left
+    assert lr_at(850, plan.end(10_000, step=850, now=92.0), 1e-3, 200) == 0.4e-3  # 80 steps left of a 200-step warm-down
+    assert plan.end(1000, step=930, now=100.0) == 930  # at the deadline
+    assert plan.end(500, step=130, now=20.0) == 500  # the epochs end first
     assert lr_at(130, 120, 1e-3, 20) == 0.0  # never negative
 
 
