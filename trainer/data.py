@@ -4,6 +4,8 @@ A prepared dataset DIR holds
     images.npy     (N, 64, 64, 3) uint8, memory-mappable with np.load(mmap_mode="r")
     splits.npz     int64 indices into images.npy: train, valid, test
     names.txt      the source file name of each row
+    attributes.npz when CelebA's list_attr_celeba.txt was found: names (A,) and labels (N, A) int8,
+                   +1 / -1, 0 for a face the file has no row for (unknown, not negative)
     dataset.json   fingerprint (sha256 of images.npy's array bytes), counts, recipe, skipped files
 
 Recipe: the largest centred square (178×178 of CelebA's 178×218 aligned faces, i.e. rows 20..198),
@@ -27,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from models_core.images import ImageDecodeError, center_crop_resize, open_image
-from trainer.sources import SPLITS, ImageRef, SourceError, find_source, read_partition
+from trainer.sources import SPLITS, AttributeTable, ImageRef, SourceError, find_source, read_attributes, read_partition
 
 RECIPE = "largest centred square, resized with PIL bicubic (antialiased) to {size}x{size}, EXIF-upright RGB"
 MAX_SOURCE_BYTES = 64 * 1024 * 1024  # a single source image larger than this is surely not a face crop
@@ -83,11 +85,13 @@ def fingerprint(array: np.ndarray) -> str:
 def prepare_data(
     source: Path, out: Path, size: int = 64, workers: int | None = None, seed: int = 0,
     partition: Path | None = None, overwrite: bool = False, limit: int | None = None, progress: bool = True,
+    attributes: Path | None = None,
 ) -> dict:
     """Decode SOURCE into a packed dataset at `out` (written to a temp dir, then renamed)."""
     if out.exists() and not overwrite:
         raise SourceError(f"{out} already exists; pass --overwrite to replace it")
-    src = find_source(source, partition)
+    src = find_source(source, partition, attributes)
+    table = read_attributes(src.attribute_file) if src.attribute_file else None  # a malformed file fails before decoding
     refs = src.images[:limit] if limit else src.images
     workers = workers or os.cpu_count() or 1
 
@@ -112,9 +116,12 @@ def prepare_data(
             compact(tmp / "images.npy", len(kept))
 
         images = np.load(tmp / "images.npy", mmap_mode="r")
-        table = read_partition(src.partition_file) if src.partition_file else None
-        splits, split_kind, unlisted = assign_splits(kept, table, seed)
+        partition_table = read_partition(src.partition_file) if src.partition_file else None
+        splits, split_kind, unlisted = assign_splits(kept, partition_table, seed)
         np.savez(tmp / "splits.npz", **splits)
+        labels = align_attributes(table, kept, src.attribute_file) if table else None
+        if labels is not None:
+            np.savez(tmp / "attributes.npz", names=np.array(table.names), labels=labels)
         (tmp / "names.txt").write_text("\n".join(kept) + "\n")
         report = {
             "fingerprint": fingerprint(images),
@@ -126,6 +133,12 @@ def prepare_data(
             "source": str(source),
             "layout": src.layout,
             "partition_file": str(src.partition_file) if src.partition_file else None,
+            "attributes": None if labels is None else {
+                "file": str(src.attribute_file),
+                "n_labelled": int((labels != 0).any(1).sum()),
+                "n_labelled_by_split": {s: int((labels[idx] != 0).any(1).sum()) for s, idx in splits.items()},
+                "positives": {n: int((labels[:, j] == 1).sum()) for j, n in enumerate(table.names)},
+            },
             "recipe": RECIPE.format(size=size),
             "n_skipped": len(skipped),
             "skipped": skipped[:1000],
@@ -137,6 +150,19 @@ def prepare_data(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def align_attributes(table: AttributeTable, names: list[str], path: Path) -> np.ndarray:
+    """(N, A) int8 labels in the order of `names`: the file's +1/-1, 0 where it has no row."""
+    labels = np.zeros((len(names), len(table.names)), np.int8)
+    for i, name in enumerate(names):
+        if name in table.rows:
+            labels[i] = table.rows[name]
+    if table.rows and not (labels != 0).any():
+        first = next(iter(table.rows))
+        raise SourceError(f"{path}:3: none of its {len(table.rows)} image names ({first}, ...) is one of the "
+                          f"{len(names)} faces being packed; is it the attribute file of another dataset?")
+    return labels
 
 
 def compact(path: Path, n: int) -> None:
@@ -192,6 +218,13 @@ class PackedFaces:
         """(N, H, W, 3) uint8 of one split, materialised on `device`."""
         idx = self.splits[split][:limit]
         return torch.from_numpy(np.ascontiguousarray(self.images[idx])).to(device)
+
+    def attributes(self) -> tuple[list[str], np.ndarray] | None:
+        """(attribute names, (N, A) int8 labels: +1, -1, 0 unknown), or None for a dataset without labels."""
+        if not (self.root / "attributes.npz").is_file():
+            return None
+        with np.load(self.root / "attributes.npz", allow_pickle=False) as z:
+            return [str(n) for n in z["names"]], z["labels"]
 
     def held_out(self) -> str:
         """The split used for evaluation and the PCA basis: valid, else test, else train."""

@@ -15,7 +15,9 @@ counts, skipped files).
 SOURCE may be: torchvision's layout (ROOT/celeba/img_align_celeba/ + list_eval_partition.txt),
 the official img_align_celeba.zip or its unpacked img_align_celeba/ folder (partition file beside
 it or in Eval/), or any folder or zip of face images. The official train/valid/test partition is
-used when found, an 80/10/10 seeded split otherwise.
+used when found, an 80/10/10 seeded split otherwise. CelebA's attribute labels
+(list_attr_celeba.txt: beside the partition file, in celeba/ or in Anno/) are stored with the
+faces when found (attributes.npz); a face the file has no row for is marked unknown.
 
 Each face is the largest centred square (178×178 for CelebA's 178×218 aligned images), resized to
 64×64 with Pillow's antialiased bicubic filter. Unreadable files are skipped and listed.
@@ -29,6 +31,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, required=True, help="dataset folder to create")
     p.add_argument("--size", type=int, default=64, help="output side in pixels (default: %(default)s)")
     p.add_argument("--partition", type=Path, help="list_eval_partition.txt, if not found beside the images")
+    p.add_argument("--attributes", type=Path, help="list_attr_celeba.txt, if not found beside the images or in Anno/")
     p.add_argument("--seed", type=int, default=0, help="seed of the split when no partition file exists (default: %(default)s)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all CPU cores)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (for quick runs)")
@@ -39,12 +42,16 @@ def main(argv: list[str]) -> int:
         p.error("--size must be at least 8")
     try:
         report = prepare_data(args.source, args.out, size=args.size, workers=args.workers, seed=args.seed,
-                              partition=args.partition, overwrite=args.overwrite, limit=args.limit, progress=args.progress)
+                              partition=args.partition, attributes=args.attributes, overwrite=args.overwrite, limit=args.limit, progress=args.progress)
     except SourceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     splits = ", ".join(f"{k} {v}" for k, v in report["splits"].items())
     print(f"packed {report['n_images']} faces ({splits}; {report['split_kind']} split) into {args.out}")
+    if report["attributes"]:
+        a = report["attributes"]
+        print(f"attribute labels for {a['n_labelled']} faces ({', '.join(f'{k} {v}' for k, v in a['n_labelled_by_split'].items())}) "
+              f"from {a['file']}")
     if report["unlisted_in_partition"]:
         print(f"note: {report['unlisted_in_partition']} images were not in the partition file and went to train")
     if report["n_skipped"]:

@@ -5,6 +5,9 @@ Accepted SOURCEs:
   - the official zip:       img_align_celeba.zip (partition file beside it)
   - the unpacked folder:    img_align_celeba/ (partition file beside it, inside, or in ../Eval/)
   - any folder of images (searched recursively), or a zip of them: a seeded split is used.
+
+CelebA's attribute labels (list_attr_celeba.txt) are looked for where each layout keeps them:
+beside the partition file, in torchvision's celeba/, and in the official download's Anno/.
 """
 
 import zipfile
@@ -13,6 +16,7 @@ from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 PARTITION_FILE = "list_eval_partition.txt"
+ATTRIBUTE_FILE = "list_attr_celeba.txt"
 SPLITS = ("train", "valid", "test")
 
 
@@ -34,14 +38,23 @@ class Source:
     images: list[ImageRef]
     partition_file: Path | None
     layout: str
+    attribute_file: Path | None = None
+
+
+@dataclass
+class AttributeTable:
+    """CelebA's binary face attributes: {image name: row of +1/-1}, one column per name."""
+
+    names: list[str]
+    rows: dict[str, list[int]]
 
 
 def is_image(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES and not Path(name).name.startswith(".")
 
 
-def find_source(source: Path, partition: Path | None = None) -> Source:
-    """Resolve SOURCE to its images and (if any) its official partition file."""
+def find_source(source: Path, partition: Path | None = None, attributes: Path | None = None) -> Source:
+    """Resolve SOURCE to its images and (if any) its official partition and attribute files."""
     source = source.expanduser()
     if not source.exists():
         raise SourceError(f"{source} does not exist")
@@ -58,7 +71,12 @@ def find_source(source: Path, partition: Path | None = None) -> Source:
         partition = next((d / PARTITION_FILE for d in search if (d / PARTITION_FILE).is_file()), None)
     elif not partition.is_file():
         raise SourceError(f"partition file {partition} does not exist")
-    return Source(sorted(images, key=lambda r: r.name), partition, layout)
+    if attributes is None:
+        places = [p for d in search for p in (d, d / "Anno", d.parent / "Anno")]
+        attributes = next((d / ATTRIBUTE_FILE for d in places if (d / ATTRIBUTE_FILE).is_file()), None)
+    elif not attributes.is_file():
+        raise SourceError(f"attribute file {attributes} does not exist")
+    return Source(sorted(images, key=lambda r: r.name), partition, layout, attributes)
 
 
 def zip_images(path: Path) -> list[ImageRef]:
@@ -96,3 +114,27 @@ def read_partition(path: Path) -> dict[str, str]:
             raise SourceError(f"{path}:{lineno}: expected 'NAME 0|1|2', got {line!r}")
         out[parts[0]] = SPLITS[int(parts[1])]
     return out
+
+
+def read_attributes(path: Path) -> AttributeTable:
+    """CelebA's list_attr_celeba.txt: a count line (not trusted: partial copies keep the full count),
+    the attribute names, then `NAME v1 ... vA` rows of 1/-1. Any line ending; errors name the line."""
+    lines = path.read_text().splitlines()
+    if len(lines) < 2 or not lines[0].strip().isdigit():
+        raise SourceError(f"{path}:1: expected the image count of CelebA's attribute file, got {lines[0][:80] if lines else ''!r}")
+    names = lines[1].split()
+    if not names:
+        raise SourceError(f"{path}:2: expected the attribute names, got an empty line")
+    rows = {}
+    for lineno, line in enumerate(lines[2:], 3):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != len(names) + 1:
+            raise SourceError(f"{path}:{lineno}: expected an image name and {len(names)} values, got {len(parts)} columns")
+        values = parts[1:]
+        bad = next((v for v in values if v not in ("1", "-1")), None)
+        if bad is not None:
+            raise SourceError(f"{path}:{lineno}: attribute values are 1 or -1, got {bad!r} for {names[values.index(bad)]}")
+        rows[parts[0]] = [int(v) for v in values]
+    return AttributeTable(names, rows)

@@ -100,3 +100,71 @@ def test_cli_reports_and_refuses_to_overwrite(tmp_path):
     assert not (tmp_path / "o2").exists()
     proc = run_trainer("prepare-data", "--help", cwd=REPO)
     assert proc.returncode == 0 and "178×178" in proc.stdout
+
+
+# --- attribute labels ---------------------------------------------------------------------------
+
+ATTRS = ["Smiling", "Male", "Eyeglasses"]
+
+
+def write_attributes(path, rows: dict[str, list[int]], count: int = 202599, names=ATTRS):
+    """The official format: a count line (here disagreeing, as in a partial copy), names, CRLF rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [str(count), " ".join(names)] + [f"{n} " + " ".join(f"{v:2d}" for v in vals) for n, vals in rows.items()]
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+
+
+def test_attribute_labels_are_found_in_every_layout_and_aligned_with_unknowns_as_zero(tmp_path):
+    rows = {"000001.jpg": [1, -1, -1], "000003.jpg": [-1, 1, 1], "999999.jpg": [1, 1, 1]}  # no 000002; one absent face
+    official = tmp_path / "official"  # the download: img_align_celeba/, Anno/, Eval/
+    write_celeba(official, 3)
+    (official / "Eval").mkdir()
+    (official / "list_eval_partition.txt").rename(official / "Eval" / "list_eval_partition.txt")
+    write_attributes(official / "Anno" / "list_attr_celeba.txt", rows)
+    tv = tmp_path / "tv"  # torchvision: ROOT/celeba/{img_align_celeba/, list_attr_celeba.txt}
+    write_celeba(tv / "celeba", 3)
+    write_attributes(tv / "celeba" / "list_attr_celeba.txt", rows)
+    zipped = tmp_path / "zipped"  # the official zip with the annotation files beside it
+    zipped.mkdir()
+    zip_folder(official, zipped / "img_align_celeba.zip")
+    write_attributes(zipped / "list_attr_celeba.txt", rows)
+    for source in (official, tv, zipped / "img_align_celeba.zip"):
+        out = tmp_path / f"out-{source.name}"
+        report = prepare_data(source, out, workers=1, progress=False)
+        names, labels = PackedFaces.open(out).attributes()
+        assert names == ATTRS and labels.dtype == np.int8
+        assert labels.tolist() == [[1, -1, -1], [0, 0, 0], [-1, 1, 1]], source
+        assert report["attributes"]["n_labelled"] == 2 and report["attributes"]["positives"] == {"Smiling": 1, "Male": 1, "Eyeglasses": 1}
+
+
+def test_a_dataset_without_labels_has_none(tmp_path):
+    write_celeba(tmp_path / "src", 3)
+    report = prepare_data(tmp_path / "src", tmp_path / "out", workers=1, progress=False)
+    assert report["attributes"] is None and PackedFaces.open(tmp_path / "out").attributes() is None
+    assert not (tmp_path / "out" / "attributes.npz").exists()
+
+
+@pytest.mark.parametrize("rows,names,message", [
+    ({"000001.jpg": [1, -1]}, ATTRS, r"list_attr_celeba.txt:3: expected an image name and 3 values, got 3 columns"),
+    ({"000001.jpg": [1, -1, 1], "000002.jpg": [1, 0, 1]}, ATTRS, r"list_attr_celeba.txt:4: attribute values are 1 or -1, got '0' for Male"),
+    ({"123456.jpg": [1, -1, 1]}, ATTRS, r"list_attr_celeba.txt:3: none of its 1 image names \(123456.jpg, ...\)"),
+])
+def test_a_malformed_attribute_file_is_an_error_naming_the_file_and_line(tmp_path, rows, names, message):
+    write_celeba(tmp_path / "src", 3)
+    write_attributes(tmp_path / "src" / "list_attr_celeba.txt", rows, names=names)
+    with pytest.raises(SourceError, match=message):
+        prepare_data(tmp_path / "src", tmp_path / "out", workers=1, progress=False)
+    assert not (tmp_path / "out").exists()
+    proc = run_trainer("prepare-data", tmp_path / "src", "--out", tmp_path / "out", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 1 and "list_attr_celeba.txt:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_attribute_file_can_be_named_and_is_reported(tmp_path):
+    write_celeba(tmp_path / "src", 3)
+    write_attributes(tmp_path / "elsewhere" / "attrs.txt", {"000002.jpg": [1, 1, -1]})
+    proc = run_trainer("prepare-data", tmp_path / "src", "--out", tmp_path / "out", "--no-progress",
+                       "--attributes", tmp_path / "elsewhere" / "attrs.txt", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "attribute labels for 1 faces (train 0, valid 1, test 0)" in proc.stdout
+    proc = run_trainer("prepare-data", tmp_path / "src", "--out", tmp_path / "o2", "--attributes", tmp_path / "nope.txt", cwd=tmp_path)
+    assert proc.returncode == 1 and "attribute file" in proc.stderr and "does not exist" in proc.stderr
