@@ -28,6 +28,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models_core.attributes import AttributeDirections
 from models_core.dcgan import discriminator_from_extras
 from models_core.latent import PcaBasis, sample_prior
 from models_core.registry import build_model, get_kind
@@ -149,6 +150,11 @@ class Checkpoint:
     @cached_property
     def pca(self) -> PcaBasis | None:
         return PcaBasis.from_tensors(self.extras) if "pca.components" in self.extras else None
+
+    @cached_property
+    def attributes(self) -> AttributeDirections:
+        """The attribute directions fitted for this version (none where it has none)."""
+        return AttributeDirections.from_tensors(self.extras)
 
     @cached_property
     def discriminator(self) -> nn.Module | None:
@@ -353,6 +359,9 @@ class CheckpointStore:
         problem = pca_mismatch(extras, model.latent_dim)
         if problem:
             raise CheckpointError(f"{vdir / EXTRAS_FILE}: the PCA basis does not fit the network: {problem}")
+        problem = attributes_mismatch(extras, model.latent_dim)
+        if problem:
+            raise CheckpointError(f"{vdir / EXTRAS_FILE}: the attribute directions do not fit the network: {problem}")
         ckpt = Checkpoint(manifest, model.to(device).eval(), extras, vdir)
         try:
             ckpt.discriminator
@@ -361,18 +370,19 @@ class CheckpointStore:
         return ckpt
 
     def copy_from(self, source: "CheckpointStore", name: str, version: int | None = None,
-                  dtype: torch.dtype | None = None) -> int:
+                  dtype: torch.dtype | None = None, extras: dict[str, torch.Tensor] | None = None,
+                  metrics: dict[str, Any] | None = None) -> int:
         """Verify a version of `source` and publish it here as this store's next version.
 
-        Step, epoch, data fingerprint and metrics travel with it; the weights keep their dtype
-        unless `dtype` is given.
+        Step, epoch, data fingerprint, metrics and extra tensors travel with it; the weights keep
+        their dtype unless `dtype` is given. `extras` and `metrics`, when given, replace the source's.
         """
         ckpt = source.load(name, version)
         m = ckpt.manifest
         return self.publish(
             name, m.kind, m.config, ckpt.model.state_dict(), step=m.step, epoch=m.epoch,
-            data_fingerprint=m.data_fingerprint, metrics=m.metrics, extras=ckpt.extras,
-            dtype=dtype or WEIGHT_DTYPES.get(m.weights_dtype),
+            data_fingerprint=m.data_fingerprint, metrics=m.metrics if metrics is None else metrics,
+            extras=ckpt.extras if extras is None else extras, dtype=dtype or WEIGHT_DTYPES.get(m.weights_dtype),
         )
 
     def update_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> Manifest:
@@ -416,6 +426,15 @@ def pca_mismatch(extras: dict[str, torch.Tensor], latent_dim: int) -> str | None
     if not all(torch.isfinite(getattr(basis, f)).all() for f in expected):
         return "it holds non-finite values"
     return None
+
+
+def attributes_mismatch(extras: dict[str, torch.Tensor], latent_dim: int) -> str | None:
+    try:
+        found = AttributeDirections.from_tensors(extras)
+    except KeyError as e:
+        return str(e.args[0])
+    bad = [f"{a.name} {tuple(a.direction.shape)}" for a in found.by_name.values() if a.direction.shape != (latent_dim,)]
+    return f"directions must be ({latent_dim},): {', '.join(bad)}" if bad else None
 
 
 def verify_file(vdir: Path, file_name: str, expected_sha256: str) -> None:

@@ -32,11 +32,14 @@ class Renderer:
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return decode_images(self.net.decode, z, self.device, self.autocast)
 
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """(B, D) float latents of (B, C, H, W) faces in [-1, 1] through the encoder (AE/VAE)."""
+        with torch.inference_mode(), self.autocast():
+            return self.net.embed(faces.to(self.device)).float().cpu()
+
     def reconstruct(self, faces: torch.Tensor, projection_steps: int) -> torch.Tensor:
         if hasattr(self.net, "embed"):
-            with torch.inference_mode(), self.autocast():
-                z = self.net.embed(faces.to(self.device)).float()
-            return self.decode(z)
+            return self.decode(self.embed(faces))
         d = self.ckpt.discriminator
         _, images, _ = project(self.net, faces.to(self.device), ProjectionConfig(steps=projection_steps),
                                d.to(self.device) if d is not None else None, self.autocast)

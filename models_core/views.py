@@ -1,4 +1,5 @@
-"""The latents behind each view of a model: a sample grid, interpolation paths, PCA and latent grids.
+"""The latents behind each view of a model: a sample grid, interpolation paths, PCA and latent grids,
+attribute edits.
 
 The service's endpoints and the figures command build their latents here, so a figure made
 offline is the image the API returns for the same parameters. Every function is deterministic in
@@ -7,6 +8,7 @@ its seed and returns (N, D) latents, one row per image, in reading order.
 
 import torch
 
+from models_core.attributes import edit_offsets
 from models_core.checkpoint import Checkpoint
 from models_core.latent import PcaBasis, interpolation_path, latent_sweep
 
@@ -53,3 +55,12 @@ def latent_grid_latents(ckpt: Checkpoint, dim_x: int, dim_y: int, span: float, s
     offsets = latent_sweep(torch.zeros(d), dim_x, dim_y, span, steps).reshape(steps * steps, d)
     scale = ckpt.prior_moments()[1] if units == "std" else 1.0
     return centre_latent(ckpt, centre, seed) + offsets * scale
+
+
+def edit_latents(ckpt: Checkpoint, attribute: str, seed: int, n: int, steps: int, span: float,
+                 hold: list[str] = ()) -> torch.Tensor:
+    """n rows of `steps` latents: the samples of `seed` (as prior_latents gives them) moved from -span to
+    +span scales along the attribute's direction, `hold`'s directions projected out (KeyError for an
+    unknown attribute, ValueError where holding leaves no direction)."""
+    z = prior_latents(ckpt, n, seed)
+    return ckpt.attributes.edit(z, attribute, edit_offsets(span, steps), hold).reshape(n * steps, -1)

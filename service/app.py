@@ -21,7 +21,7 @@ from service.priority import lower_this_thread
 from service.projection import Projector
 from service.registry import ModelRegistry
 from service.responses import PngCache
-from service.routes import images, meta
+from service.routes import attributes, images, meta
 from service.settings import Settings
 
 log = logging.getLogger("facegen.service")
@@ -41,7 +41,8 @@ def body_limits(settings: Settings) -> dict[tuple[str, str], int]:
     upload = settings.max_upload_bytes
     return {("POST", "/reconstruct"): settings.max_files * upload + MULTIPART_FRAMING,
             ("POST", "/interpolate"): 2 * upload + MULTIPART_FRAMING,
-            ("POST", "/project"): settings.max_projection_faces * upload + MULTIPART_FRAMING}
+            ("POST", "/project"): settings.max_projection_faces * upload + MULTIPART_FRAMING,
+            ("POST", "/edit"): settings.max_files * upload + MULTIPART_FRAMING}
 
 
 class Service(FastAPI):
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AllowedMethods)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees the 413s and 504s too
     app.include_router(images.router)
+    app.include_router(attributes.router)
     app.include_router(meta.router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -1,4 +1,4 @@
-"""python -m trainer: train (default), prepare-data, evaluate, promote. Each has its own --help."""
+"""python -m trainer: train (default), prepare-data, evaluate, promote, directions. Each has its own --help."""
 
 import argparse
 import sys
@@ -18,6 +18,7 @@ Other commands:
   python -m trainer prepare-data SOURCE --out DIR   pack CelebA into a 64×64 uint8 dataset
   python -m trainer evaluate --model NAME           score a published version
   python -m trainer promote --model NAME --from DIR  copy a version into the served store
+  python -m trainer directions --model NAME --data DIR  fit attribute directions (smile, ...) for a version
 
 Multi-GPU: torchrun --standalone --nproc_per_node=N -m trainer --model gan --data DIR
 Multi-node: torchrun --nnodes=M --nproc_per_node=N --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m trainer ...
@@ -139,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.evaluate import main as evaluate_main
 
         return evaluate_main(argv[1:])
+    if argv and argv[0] == "directions":
+        from trainer.directions import main as directions_main
+
+        return directions_main(argv[1:])
     if argv and argv[0] == "promote":
         from trainer.promote import main as promote_main
 

@@ -1,0 +1,230 @@
+"""Attribute directions for a published version, fitted on labelled training faces only.
+
+- AE/VAE: a linear boundary (logistic regression) between the latent means of faces with and
+  without the attribute; its unit normal is the direction.
+- GAN (InterFaceGAN, Shen et al. 2020): a CNN trained on the labelled faces labels many samples
+  G(z); a linear boundary in z between the samples it is surest have the attribute and those it
+  is surest lack it gives the direction.
+
+Every boundary's cross-validated balanced accuracy is measured; only attributes with a reliable
+boundary are published. Edits are then rated by a second classifier trained on the other half
+of the labelled faces, which had no part in making the directions.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+from models_core.attributes import AttributeDirection, AttributeDirections, edit_offsets
+from models_core.figures import Renderer
+from models_core.images import from_uint8
+from models_core.registry import get_kind
+from trainer.attribute_classifier import AttributeClassifier, train_classifier
+from trainer.data import PackedFaces
+
+MIN_ACCURACY = 0.75  # cross-validated balanced accuracy a boundary needs to be published
+MIN_PER_CLASS = 10  # faces (or samples) on each side of a boundary, at the least
+GAN_SAMPLES = 20_000
+GAN_PICK = 0.2  # InterFaceGAN fits on the samples the classifier is surest of: this share from each end
+RATED = ("Smiling", "Male", "Blond_Hair", "Eyeglasses", "Young")  # the model card's table
+
+
+class NoLabels(ValueError):
+    """The dataset has no attribute labels, or none in its training split."""
+
+
+@dataclass
+class LabelledFaces:
+    names: list[str]  # attribute names
+    faces: torch.Tensor  # (N, 3, H, W) in [-1, 1]
+    labels: torch.Tensor  # (N, A) int8: +1, -1, 0 unknown
+
+    def half(self, which: int, seed: int = 0) -> "LabelledFaces":
+        """One of two disjoint seeded halves: 0 fits the directions, 1 trains the classifier that rates them."""
+        order = torch.randperm(len(self.faces), generator=torch.Generator().manual_seed(seed))
+        idx = order[which::2].sort().values
+        return LabelledFaces(self.names, self.faces[idx], self.labels[idx])
+
+
+def labelled_training_faces(data: PackedFaces) -> LabelledFaces:
+    """The training split's faces that have labels; valid and test faces never take part."""
+    found = data.attributes()
+    if found is None:
+        raise NoLabels(f"{data.root} has no attribute labels: prepare it again with CelebA's list_attr_celeba.txt "
+                       "beside the images or named with --attributes")
+    names, labels = found
+    train = data.splits["train"]
+    rows = train[(labels[train] != 0).any(1)]
+    if len(rows) == 0:
+        raise NoLabels(f"{data.root}: none of its training faces is labelled (labels are only fitted on the train split)")
+    faces = from_uint8(torch.from_numpy(np.ascontiguousarray(data.images[rows]))).permute(0, 3, 1, 2).contiguous()
+    return LabelledFaces(names, faces, torch.from_numpy(labels[rows]))
+
+
+def fit_boundary(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
+    """(unit normal of a logistic-regression boundary, its 5-fold cross-validated balanced accuracy)."""
+    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000)
+    folds = StratifiedKFold(min(5, int(np.bincount(y).min())), shuffle=True, random_state=seed)
+    accuracy = float(cross_val_score(model, x, y, cv=folds, scoring="balanced_accuracy").mean())
+    w = model.fit(x, y).coef_[0]
+    return w / np.linalg.norm(w), accuracy
+
+
+def examples(r: Renderer, fit: LabelledFaces, classifier: AttributeClassifier | None, seed: int,
+             gan_samples: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{attribute: (latents x, labels y, the latents its scale is measured on)}."""
+    if get_kind(r.ckpt.manifest.kind).has_encoder:
+        z = torch.cat([r.embed(chunk) for chunk in fit.faces.split(256)]).numpy()
+        out = {}
+        for j, name in enumerate(fit.names):
+            known = (fit.labels[:, j] != 0).numpy()
+            out[name] = z[known], (fit.labels[known, j] > 0).numpy().astype(int), z
+        return out
+    z = r.ckpt.sample_latents(gan_samples, torch.Generator().manual_seed(seed))
+    p = torch.cat([classifier.probabilities(from_uint8(r.decode(chunk))) for chunk in z.split(500)]).numpy()
+    k = int(GAN_PICK * gan_samples)
+    out = {}
+    for j, name in enumerate(fit.names):
+        order = np.argsort(p[:, j])
+        pick = np.concatenate([order[:k], order[-k:]])
+        out[name] = z.numpy()[pick], np.r_[np.zeros(k, int), np.ones(k, int)], z.numpy()
+    return out
+
+
+def fit_directions(r: Renderer, fit: LabelledFaces, classifier: AttributeClassifier | None = None, seed: int = 0,
+                   gan_samples: int = GAN_SAMPLES) -> tuple[AttributeDirections, dict[str, dict]]:
+    """(the reliable directions, a report of every attribute: accuracy, n, positives, published)."""
+    published, report = [], {}
+    for name, (x, y, spread) in examples(r, fit, classifier, seed, gan_samples).items():
+        positives, n = int(y.sum()), len(y)
+        entry = {"n": n, "positives": positives, "accuracy": None, "published": False}
+        report[name] = entry
+        if min(positives, n - positives) < MIN_PER_CLASS:
+            entry["why_not"] = f"fewer than {MIN_PER_CLASS} faces on one side"
+            continue
+        direction, accuracy = fit_boundary(x, y, seed)
+        entry["accuracy"] = round(accuracy, 4)
+        if accuracy < MIN_ACCURACY:
+            entry["why_not"] = f"balanced accuracy below {MIN_ACCURACY}"
+            continue
+        scale = float((spread @ direction).std())
+        published.append(AttributeDirection(name, torch.from_numpy(direction).float(), scale, accuracy, n))
+        entry["published"] = True
+    return AttributeDirections(published), report
+
+
+@torch.no_grad()
+def rate_edits(r: Renderer, directions: AttributeDirections, rater: AttributeClassifier, names: list[str],
+               n_faces: int = 32, steps: int = 5, span: float = 3.0, seed: int = 0) -> dict[str, dict]:
+    """How each edit does by an independent classifier, on the faces /sample?seed=SEED&n=N_FACES shows:
+    the share of faces whose P(attribute) rises from -span to +span, the mean rise, and how far
+    P(Male) moves meanwhile (with Male held, for the other attributes)."""
+    z = r.ckpt.sample_latents(n_faces, torch.Generator().manual_seed(seed))
+    male = names.index("Male") if "Male" in names else None
+    out = {}
+    for name in directions.names:
+        j = names.index(name)
+        rows = {}
+        for hold in ([], ["Male"]) if male is not None and name != "Male" and "Male" in directions else ([],):
+            zs = directions.edit(z, name, edit_offsets(span, steps), hold).reshape(-1, z.shape[1])
+            p = rater.probabilities(from_uint8(r.decode(zs))).reshape(n_faces, steps, -1)
+            rise = p[:, -1, j] - p[:, 0, j]
+            entry = {"rises": round(float((rise > 0).float().mean()), 3), "mean_rise": round(float(rise.mean()), 3)}
+            if male is not None and name != "Male":
+                entry["male_moves"] = round(float((p[:, :, male].amax(1) - p[:, :, male].amin(1)).mean()), 3)
+            rows["holding_male" if hold else "plain"] = entry
+        out[name] = rows
+    return out
+
+
+DESCRIPTION = """\
+Fit attribute directions (Smiling, Male, Blond_Hair, ...) for a published version and publish them
+with it as the store's next version (same weights, the directions added), which the service then
+offers at /attributes and /edit. Needs a dataset prepared with CelebA's list_attr_celeba.txt;
+only its labelled training faces are used, in two halves: one fits the directions, the other
+trains the classifier that rates the edits.
+
+  python -m trainer directions --model vae --data data/celeba64
+"""
+
+
+def table(report: dict[str, dict], ratings: dict[str, dict]) -> str:
+    lines = [f"{'attribute':<20} {'n':>6} {'pos':>5} {'accuracy':>8}  edit: rises  mean rise  P(Male) moves (holding Male)"]
+    for name, e in report.items():
+        acc = f"{e['accuracy']:.3f}" if e["accuracy"] is not None else "-"
+        line = f"{name:<20} {e['n']:>6} {e['positives']:>5} {acc:>8}"
+        r = ratings.get(name)
+        if r:
+            p, held = r["plain"], r.get("holding_male", {})
+            moves = f"{p['male_moves']:.3f}" if "male_moves" in p else "-"
+            moves += f" ({held['male_moves']:.3f})" if held else ""
+            line += f"  {p['rises']:>11.0%}  {p['mean_rise']:>9.3f}  {moves}"
+        elif not e["published"]:
+            line += f"  not published: {e.get('why_not')}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from models_core.checkpoint import CheckpointError, CheckpointStore
+    from models_core.precision import choose_precision
+    from trainer.config import default_checkpoints
+    from trainer.sources import SourceError
+
+    p = argparse.ArgumentParser(prog="python -m trainer directions", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model name in the checkpoint store")
+    p.add_argument("--data", type=Path, required=True, help="prepared dataset with attribute labels (prepare-data)")
+    p.add_argument("--version", type=int, help="version to fit directions for (default: latest)")
+    p.add_argument("--checkpoints", type=Path, default=default_checkpoints(),
+                   help="checkpoint root (default: $FACEGEN_CHECKPOINT_ROOT or checkpoints/)")
+    p.add_argument("--gan-samples", type=int, default=GAN_SAMPLES, help="GAN: samples G(z) labelled by the classifier "
+                   "(default: %(default)s)")
+    p.add_argument("--classifier-epochs", type=int, default=40, help="epochs of each attribute classifier (default: %(default)s)")
+    p.add_argument("--span", type=float, default=3.0, help="edits rated from -span to +span (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the halves, samples and classifiers (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="fit and report, publish nothing")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.gan_samples < 100:
+        p.error("--gan-samples must be at least 100")
+
+    store = CheckpointStore(args.checkpoints)
+    try:
+        ckpt = store.load(args.model, args.version)
+        labelled = labelled_training_faces(PackedFaces.open(args.data))
+    except (CheckpointError, SourceError, NoLabels) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    m = ckpt.manifest
+    device = torch.device("cpu")
+    r = Renderer(ckpt, device, choose_precision("auto", device))
+    fit, rate = labelled.half(0, args.seed), labelled.half(1, args.seed)
+    print(f"{args.model} v{m.version} ({m.kind}): {len(labelled.faces)} labelled training faces, "
+          f"{len(fit.faces)} to fit the directions, {len(rate.faces)} to rate the edits")
+    classifier = None
+    if not get_kind(m.kind).has_encoder:
+        classifier = train_classifier(fit.faces, fit.labels, args.classifier_epochs, seed=args.seed, progress=args.progress)
+    directions, report = fit_directions(r, fit, classifier, args.seed, args.gan_samples)
+    rater = train_classifier(rate.faces, rate.labels, args.classifier_epochs, seed=args.seed + 1, progress=args.progress)
+    ratings = rate_edits(r, directions, rater, labelled.names, span=args.span, seed=args.seed)
+    for name, rows in ratings.items():
+        report[name]["edit"] = rows
+    print(table(report, ratings))
+    print(f"{len(directions)} of {len(report)} attributes reliable (balanced accuracy >= {MIN_ACCURACY}): "
+          f"{', '.join(directions.names) or 'none'}")
+    if args.dry_run or not len(directions):
+        return 0 if len(directions) else 1
+    extras = {k: v for k, v in ckpt.extras.items() if not k.startswith("attribute.")} | directions.to_tensors()
+    metrics = m.metrics | {"attributes": {"fitted_on": f"{len(fit.faces)} labelled training faces of {args.data}",
+                                          "span": args.span, "by_attribute": report}}
+    version = store.copy_from(store, args.model, m.version, extras=extras, metrics=metrics)
+    print(f"published {args.model} v{version}: v{m.version}'s weights with {len(directions)} attribute directions")
+    return 0
