@@ -16,6 +16,7 @@ from models_core.checkpoint import CheckpointStore
 from models_core.images import held_out_faces, to_uint8
 from tests.conftest import publish_tiny, publish_vivid_gan
 from tests.service.conftest import start_server
+from tests.service.test_attributes import directions
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None and os.environ.get("CI") == "true":  # CI installs it: a missing browser is a failure there
@@ -24,8 +25,9 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 
 SCREENSHOTS = Path(os.environ.get("FACEGEN_SCREENSHOTS", Path(__file__).resolve().parents[2] / "test-screenshots"))
 DESKTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
-PANELS = ("sample", "reconstruct", "interpolate", "pca", "latent", "sliders")
-SETTLED = "document.body.dataset.ready === '1' && !document.querySelector('figure[data-state=loading]')"
+PANELS = ("sample", "reconstruct", "interpolate", "pca", "latent", "sliders", "attributes")
+SETTLED = ("document.body.dataset.ready === '1' && document.body.dataset.pending === '0' "
+           "&& !document.querySelector('figure[data-state=loading]')")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,9 @@ def server(tmp_path_factory):
     publish_tiny(store, "vae")
     publish_tiny(store, "vae")  # a second version for the version picker
     publish_vivid_gan(store, name="gan", basis=True)
+    for name in ("ae", "vae", "gan"):  # the latest of each carries attribute directions
+        ckpt = store.load(name)
+        store.copy_from(store, name, extras=ckpt.extras | directions(ckpt.model.latent_dim).to_tensors())
     server = start_server(store.root)
     yield server
     server.stop()
@@ -167,3 +172,36 @@ def test_api_errors_are_shown_on_the_page(page):
     page.click("#sample-go")
     settle(page)
     assert "/sample: 422" in page.text_content("#sample .error")
+
+
+def test_attribute_sliders_edit_a_sample_and_an_uploaded_face(page, tmp_path):
+    sliders = page.eval_on_selector_all("#attr-box input[type=range]", "els => els.map(e => e.dataset.attribute)")
+    assert sliders == ["Male", "Smiling", "Twin"]
+    page.fill("#attr-n", "2")
+    page.dispatch_event("#attr-n", "change")
+    settle(page)
+    page.eval_on_selector("#attr-box input[data-attribute=Smiling]", "e => { e.value = '2'; e.dispatchEvent(new Event('change')); }")
+    settle(page)
+    assert errors(page) == "", errors(page)
+    [edit] = loaded_images(page, "#attributes")
+    assert "attribute=Smiling" in edit["permalink"] and "span=2" in edit["permalink"] and "n=2" in edit["permalink"]
+    assert (edit["width"], edit["height"]) == (5 * 66 + 2, 2 * 66 + 2)  # 5 steps, a row per face
+    page.select_option("#attr-hold", "Male")
+    settle(page)
+    assert "hold=Male" in loaded_images(page, "#attributes")[0]["permalink"]
+    page.set_input_files("#recon-files", face_files(tmp_path, 1))
+    page.select_option("#attr-source", "upload")
+    settle(page)
+    [mine] = loaded_images(page, "#attributes")
+    assert "your face" in mine["caption"] and "projection PSNR" in mine["caption"] and "POST" in mine["caption"]
+
+
+def test_zoom_is_pixel_exact_and_leaves_the_permalinks_alone(page):
+    before = loaded_images(page, "#sample")[0]
+    page.select_option("#zoom", "3")
+    shown = page.eval_on_selector("#sample img[data-loaded='1']", "img => [img.clientWidth, img.naturalWidth, getComputedStyle(img).imageRendering]")
+    assert shown[0] == 3 * shown[1] and shown[2] == "pixelated"
+    assert loaded_images(page, "#sample")[0]["permalink"] == before["permalink"]
+    page.click("#sample-next")  # a new image arrives zoomed too
+    settle(page)
+    assert page.eval_on_selector("#sample img[data-loaded='1']", "img => img.clientWidth === 3 * img.naturalWidth")
