@@ -1,7 +1,8 @@
 """The study's figures from a checkpoint root, built from the same latents and decoders the service
 serves (models_core.views): per model its samples, reconstructions of held-out faces (a GAN's by
-projection), lerp vs slerp paths, a PCA grid and a latent-dimension grid; across models the study's
-AE-vs-VAE latent grid. Fixed seeds: reruns write the same images."""
+projection), lerp vs slerp paths, a PCA grid, a latent-dimension grid and attribute edits (where
+the version has directions); across models the study's AE-vs-VAE latent grid. Fixed seeds: reruns
+write the same images."""
 
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +21,8 @@ PAIRS = 4  # lerp-vs-slerp: seed pairs, each a lerp row above a slerp row
 STEPS = 8  # images along a path
 GRID = 7  # side of the PCA and latent grids
 SPAN = 3.0
+EDITED = ("Smiling", "Male", "Blond_Hair", "Eyeglasses", "Young")  # the attribute figure's rows, where published
+EDIT_FACES = 3  # faces per attribute, a row each, as /edit?attribute=A&n=3&steps=5 shows them
 
 
 class Renderer:
@@ -59,6 +62,10 @@ def model_figures(r: Renderer, faces: torch.Tensor, projection_steps: int = 200)
     if ckpt.pca is not None:
         yield "pca", image_grid(r.decode(views.pca_grid_latents(ckpt, ckpt.pca, 0, 1, SPAN, GRID)), nrow=GRID)
     yield "latent_grid", image_grid(r.decode(views.latent_grid_latents(ckpt, 0, 1, SPAN, GRID)), nrow=GRID)
+    edited = [a for a in EDITED if a in ckpt.attributes]
+    if edited:
+        z = torch.cat([views.edit_latents(ckpt, a, seed=0, n=EDIT_FACES, steps=5, span=SPAN) for a in edited])
+        yield "attributes", image_grid(r.decode(z), nrow=5)
 
 
 def study_latent_grid(r: Renderer) -> np.ndarray:

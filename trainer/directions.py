@@ -120,8 +120,8 @@ def fit_directions(r: Renderer, fit: LabelledFaces, classifier: AttributeClassif
 def rate_edits(r: Renderer, directions: AttributeDirections, rater: AttributeClassifier, names: list[str],
                n_faces: int = 32, steps: int = 5, span: float = 3.0, seed: int = 0) -> dict[str, dict]:
     """How each edit does by an independent classifier, on the faces /sample?seed=SEED&n=N_FACES shows:
-    the share of faces whose P(attribute) rises from -span to +span, the mean rise, and how far
-    P(Male) moves meanwhile (with Male held, for the other attributes)."""
+    the share of faces whose P(attribute) rises from -span to +span, the mean rise, and the mean
+    change of P(Male) between the same two ends (also with Male held, for the other attributes)."""
     z = r.ckpt.sample_latents(n_faces, torch.Generator().manual_seed(seed))
     male = names.index("Male") if "Male" in names else None
     out = {}
@@ -134,7 +134,7 @@ def rate_edits(r: Renderer, directions: AttributeDirections, rater: AttributeCla
             rise = p[:, -1, j] - p[:, 0, j]
             entry = {"rises": round(float((rise > 0).float().mean()), 3), "mean_rise": round(float(rise.mean()), 3)}
             if male is not None and name != "Male":
-                entry["male_moves"] = round(float((p[:, :, male].amax(1) - p[:, :, male].amin(1)).mean()), 3)
+                entry["male_moves"] = round(float((p[:, -1, male] - p[:, 0, male]).abs().mean()), 3)
             rows["holding_male" if hold else "plain"] = entry
         out[name] = rows
     return out

@@ -37,19 +37,25 @@ def test_figures_writes_the_study_figures_the_service_would_serve(store, tmp_pat
     from tests.conftest import publish_vivid_gan
     from tests.service.conftest import make_settings
 
+    from tests.service.test_attributes import directions
+
     for kind in ("ae", "vae"):
         publish_tiny(store, kind)
     publish_vivid_gan(store, name="gan")
+    vae = store.load("vae")  # the VAE's latest carries attribute directions: Smiling and Male of the figure's five
+    store.copy_from(store, "vae", extras=vae.extras | directions(vae.model.latent_dim).to_tensors())
     out = tmp_path / "figures"
     proc = run_demo("figures", "--checkpoints", str(store.root), "--out", str(out), "--precision", "fp32",
                     "--projection-steps", "5")
     assert proc.returncode == 0, proc.stderr
     expected = {f"{m}_{f}.png" for m in ("ae", "vae", "gan") for f in ("samples", "reconstructions", "lerp_vs_slerp", "latent_grid")}
     expected |= {"ae_pca.png", "vae_pca.png", "ae_vs_vae_latent_grid.png"}  # the GAN published here has no basis
+    expected |= {"vae_attributes.png"}  # the only model with directions
     assert {p.name for p in out.iterdir()} == expected
     assert Image.open(out / "vae_reconstructions.png").size == (8 * 66 + 2, 4 * 66 + 2)  # 16 faces over 16 reconstructions
     assert Image.open(out / "gan_reconstructions.png").size == (8 * 66 + 2, 2 * 66 + 2)  # 8 faces over 8 projections
     assert Image.open(out / "ae_vs_vae_latent_grid.png").size == (2 * (7 * 66 + 2) + 24, 7 * 66 + 2)
+    assert Image.open(out / "vae_attributes.png").size == (5 * 66 + 2, 6 * 66 + 2)  # Smiling and Male, 3 faces each
 
     def pixels(png: bytes) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
@@ -60,6 +66,8 @@ def test_figures_writes_the_study_figures_the_service_would_serve(store, tmp_pat
                             ("ae_pca", "/pca-grid?model=ae&pc_x=0&pc_y=1&span=3&steps=7")]:
             served = pixels(client.get(url).content)
             assert np.array_equal(pixels((out / f"{figure}.png").read_bytes()), served), figure
+        smiling = pixels(client.get("/edit?model=vae&attribute=Smiling&n=3&steps=5&span=3&seed=0").content)
+        assert np.array_equal(pixels((out / "vae_attributes.png").read_bytes())[:len(smiling)], smiling)
 
 
 def test_figures_explains_an_empty_root(store, tmp_path):
