@@ -5,6 +5,8 @@ G(z)), and, trained on other faces than the directions were fitted on, rates edi
 (0) are left out of the loss, so faces labelled for some attributes only still count.
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,13 +30,15 @@ class AttributeClassifier(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
     @torch.no_grad()
-    def probabilities(self, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    def probabilities(self, x: torch.Tensor, batch: int = 256, autocast=contextlib.nullcontext) -> torch.Tensor:
         """(N, A) P(attribute) for (N, 3, H, W) faces in [-1, 1], with the flipped face averaged in."""
         was = self.training
         self.eval()
         out = []
         for chunk in x.split(batch):
-            out.append(0.5 * (torch.sigmoid(self(chunk)) + torch.sigmoid(self(chunk.flip(-1)))))
+            with autocast():
+                logits = self(chunk).float(), self(chunk.flip(-1)).float()
+            out.append(0.5 * (torch.sigmoid(logits[0]) + torch.sigmoid(logits[1])))
         self.train(was)
         return torch.cat(out)
 
@@ -48,7 +52,7 @@ def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def train_classifier(faces: torch.Tensor, labels: torch.Tensor, epochs: int = 40, batch_size: int = 64, lr: float = 2e-3,
-                     seed: int = 0, progress: bool = True) -> AttributeClassifier:
+                     seed: int = 0, progress: bool = True, autocast=contextlib.nullcontext) -> AttributeClassifier:
     """Fit on (N, 3, H, W) faces in [-1, 1] and (N, A) labels of +1 / -1 / 0 (unknown: no loss)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -63,7 +67,8 @@ def train_classifier(faces: torch.Tensor, labels: torch.Tensor, epochs: int = 40
         order = torch.randperm(len(faces), generator=g)
         for b in range(max(1, len(faces) // batch_size)):
             idx = order[b * batch_size:(b + 1) * batch_size]
-            logits = net(jitter(faces[idx], g))
+            with autocast():
+                logits = net(jitter(faces[idx], g)).float()
             loss = (F.binary_cross_entropy_with_logits(logits, target[idx], reduction="none") * known[idx]).sum()
             loss = loss / known[idx].sum().clamp_min(1)
             opt.zero_grad(set_to_none=True)

@@ -7,7 +7,9 @@
   is surest lack it gives the direction.
 
 Every boundary's cross-validated balanced accuracy is measured; only attributes with a reliable
-boundary are published. Edits are then rated by a second classifier trained on the other half
+boundary are published. A GAN's boundary separates what the CNN says, which is always easy at
+its extremes, so there the CNN's own balanced accuracy on real faces it was not trained on counts
+too: the reported accuracy is the lower of the two. Edits are then rated by a second classifier trained on the other half
 of the labelled faces, which had no part in making the directions.
 """
 
@@ -84,7 +86,8 @@ def examples(r: Renderer, fit: LabelledFaces, classifier: AttributeClassifier | 
             out[name] = z[known], (fit.labels[known, j] > 0).numpy().astype(int), z
         return out
     z = r.ckpt.sample_latents(gan_samples, torch.Generator().manual_seed(seed))
-    p = torch.cat([classifier.probabilities(from_uint8(r.decode(chunk))) for chunk in z.split(500)]).numpy()
+    p = torch.cat([classifier.probabilities(from_uint8(r.decode(chunk)), autocast=r.autocast)
+                   for chunk in z.split(500)]).numpy()
     k = int(GAN_PICK * gan_samples)
     out = {}
     for j, name in enumerate(fit.names):
@@ -94,10 +97,27 @@ def examples(r: Renderer, fit: LabelledFaces, classifier: AttributeClassifier | 
     return out
 
 
+def balanced_accuracy(p: torch.Tensor, labels: torch.Tensor) -> list[float | None]:
+    """Per attribute: the balanced accuracy of P > 0.5 against the +1/-1 labels (None without both kinds)."""
+    out = []
+    for j in range(labels.shape[1]):
+        pos, neg = labels[:, j] > 0, labels[:, j] < 0
+        if not pos.any() or not neg.any():
+            out.append(None)
+            continue
+        out.append(0.5 * float((p[pos, j] > 0.5).float().mean() + (p[neg, j] <= 0.5).float().mean()))
+    return out
+
+
 def fit_directions(r: Renderer, fit: LabelledFaces, classifier: AttributeClassifier | None = None, seed: int = 0,
-                   gan_samples: int = GAN_SAMPLES) -> tuple[AttributeDirections, dict[str, dict]]:
-    """(the reliable directions, a report of every attribute: accuracy, n, positives, published)."""
+                   gan_samples: int = GAN_SAMPLES, held_out: LabelledFaces | None = None) -> tuple[AttributeDirections, dict[str, dict]]:
+    """(the reliable directions, a report of every attribute: accuracy, n, positives, published). A GAN's
+    `classifier` is scored on `held_out` real faces, and its accuracy caps the boundary's."""
     published, report = [], {}
+    recognised = {}
+    if classifier is not None and held_out is not None:
+        p = classifier.probabilities(held_out.faces, autocast=r.autocast)
+        recognised = dict(zip(held_out.names, balanced_accuracy(p, held_out.labels)))
     for name, (x, y, spread) in examples(r, fit, classifier, seed, gan_samples).items():
         positives, n = int(y.sum()), len(y)
         entry = {"n": n, "positives": positives, "accuracy": None, "published": False}
@@ -106,6 +126,9 @@ def fit_directions(r: Renderer, fit: LabelledFaces, classifier: AttributeClassif
             entry["why_not"] = f"fewer than {MIN_PER_CLASS} faces on one side"
             continue
         direction, accuracy = fit_boundary(x, y, seed)
+        if classifier is not None:
+            entry["boundary_accuracy"], entry["classifier_accuracy"] = round(accuracy, 4), recognised.get(name)
+            accuracy = min(accuracy, recognised.get(name) or 0.0)
         entry["accuracy"] = round(accuracy, 4)
         if accuracy < MIN_ACCURACY:
             entry["why_not"] = f"balanced accuracy below {MIN_ACCURACY}"
@@ -130,7 +153,7 @@ def rate_edits(r: Renderer, directions: AttributeDirections, rater: AttributeCla
         rows = {}
         for hold in ([], ["Male"]) if male is not None and name != "Male" and "Male" in directions else ([],):
             zs = directions.edit(z, name, edit_offsets(span, steps), hold).reshape(-1, z.shape[1])
-            p = rater.probabilities(from_uint8(r.decode(zs))).reshape(n_faces, steps, -1)
+            p = rater.probabilities(from_uint8(r.decode(zs)), autocast=r.autocast).reshape(n_faces, steps, -1)
             rise = p[:, -1, j] - p[:, 0, j]
             entry = {"rises": round(float((rise > 0).float().mean()), 3), "mean_rise": round(float(rise.mean()), 3)}
             if male is not None and name != "Male":
@@ -180,9 +203,10 @@ def main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="python -m trainer directions", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model name in the checkpoint store")
+    p.add_argument("--model", required=True, nargs="+", help="model names in the checkpoint store (several share the "
+                   "classifiers, and their edits are rated by the same one)")
     p.add_argument("--data", type=Path, required=True, help="prepared dataset with attribute labels (prepare-data)")
-    p.add_argument("--version", type=int, help="version to fit directions for (default: latest)")
+    p.add_argument("--version", type=int, help="version to fit directions for (default: latest; one model only)")
     p.add_argument("--checkpoints", type=Path, default=default_checkpoints(),
                    help="checkpoint root (default: $FACEGEN_CHECKPOINT_ROOT or checkpoints/)")
     p.add_argument("--gan-samples", type=int, default=GAN_SAMPLES, help="GAN: samples G(z) labelled by the classifier "
@@ -196,35 +220,49 @@ def main(argv: list[str]) -> int:
     if args.gan_samples < 100:
         p.error("--gan-samples must be at least 100")
 
+    if args.version is not None and len(args.model) > 1:
+        p.error("--version names the version of one model; give one --model with it")
     store = CheckpointStore(args.checkpoints)
     try:
-        ckpt = store.load(args.model, args.version)
+        ckpts = [store.load(name, args.version) for name in args.model]
         labelled = labelled_training_faces(PackedFaces.open(args.data))
     except (CheckpointError, SourceError, NoLabels) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    m = ckpt.manifest
     device = torch.device("cpu")
-    r = Renderer(ckpt, device, choose_precision("auto", device))
+    precision = choose_precision("auto", device)
     fit, rate = labelled.half(0, args.seed), labelled.half(1, args.seed)
-    print(f"{args.model} v{m.version} ({m.kind}): {len(labelled.faces)} labelled training faces, "
-          f"{len(fit.faces)} to fit the directions, {len(rate.faces)} to rate the edits")
-    classifier = None
-    if not get_kind(m.kind).has_encoder:
-        classifier = train_classifier(fit.faces, fit.labels, args.classifier_epochs, seed=args.seed, progress=args.progress)
-    directions, report = fit_directions(r, fit, classifier, args.seed, args.gan_samples)
-    rater = train_classifier(rate.faces, rate.labels, args.classifier_epochs, seed=args.seed + 1, progress=args.progress)
-    ratings = rate_edits(r, directions, rater, labelled.names, span=args.span, seed=args.seed)
-    for name, rows in ratings.items():
-        report[name]["edit"] = rows
-    print(table(report, ratings))
-    print(f"{len(directions)} of {len(report)} attributes reliable (balanced accuracy >= {MIN_ACCURACY}): "
-          f"{', '.join(directions.names) or 'none'}")
-    if args.dry_run or not len(directions):
-        return 0 if len(directions) else 1
-    extras = {k: v for k, v in ckpt.extras.items() if not k.startswith("attribute.")} | directions.to_tensors()
-    metrics = m.metrics | {"attributes": {"fitted_on": f"{len(fit.faces)} labelled training faces of {args.data}",
-                                          "span": args.span, "by_attribute": report}}
-    version = store.copy_from(store, args.model, m.version, extras=extras, metrics=metrics)
-    print(f"published {args.model} v{version}: v{m.version}'s weights with {len(directions)} attribute directions")
-    return 0
+    print(f"{len(labelled.faces)} labelled training faces: {len(fit.faces)} to fit the directions, {len(rate.faces)} "
+          f"to train the classifier that rates the edits")
+
+    def classifier(faces: LabelledFaces, seed: int) -> AttributeClassifier:
+        return train_classifier(faces.faces, faces.labels, args.classifier_epochs, seed=seed, progress=args.progress,
+                                autocast=precision.autocast(device))
+
+    labeller = rater = None
+    failed = 0
+    for ckpt in ckpts:
+        m = ckpt.manifest
+        r = Renderer(ckpt, device, precision)
+        if not get_kind(m.kind).has_encoder and labeller is None:
+            labeller = classifier(fit, args.seed)
+        directions, report = fit_directions(r, fit, labeller, args.seed, args.gan_samples, held_out=rate)
+        rater = rater or classifier(rate, args.seed + 1)
+        ratings = rate_edits(r, directions, rater, labelled.names, span=args.span, seed=args.seed)
+        for name, rows in ratings.items():
+            report[name]["edit"] = rows
+        print(f"\n{m.name} v{m.version} ({m.kind}):")
+        print(table(report, ratings))
+        print(f"{len(directions)} of {len(report)} attributes reliable (balanced accuracy >= {MIN_ACCURACY}): "
+              f"{', '.join(directions.names) or 'none'}")
+        if not len(directions):
+            failed += 1
+            continue
+        if args.dry_run:
+            continue
+        extras = {k: v for k, v in ckpt.extras.items() if not k.startswith("attribute.")} | directions.to_tensors()
+        metrics = m.metrics | {"attributes": {"fitted_on": f"{len(fit.faces)} labelled training faces of {args.data}",
+                                              "span": args.span, "by_attribute": report}}
+        version = store.copy_from(store, m.name, m.version, extras=extras, metrics=metrics)
+        print(f"published {m.name} v{version}: v{m.version}'s weights with {len(directions)} attribute directions")
+    return 1 if failed else 0

@@ -14,7 +14,7 @@ from models_core.precision import choose_precision
 from tests.trainer.conftest import run_trainer
 from trainer.config import TrainConfig
 from trainer.data import PackedFaces, prepare_data
-from trainer.directions import NoLabels, fit_boundary, fit_directions, labelled_training_faces
+from trainer.directions import LabelledFaces, NoLabels, fit_boundary, fit_directions, labelled_training_faces
 from trainer.loop import train
 
 N = 192
@@ -119,3 +119,32 @@ def test_directions_cli_publishes_a_new_version_with_the_same_weights(bright_lef
     assert new.manifest.metrics["attributes"]["by_attribute"]["LeftBright"]["published"]
     proc = run_trainer("directions", "--model", "ae", "--data", tmp_path / "nowhere", "--checkpoints", tmp_path / "ckpt", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "nowhere" in proc.stderr
+
+
+class BrightnessJudge:
+    """Stands in for the attribute CNN: P(LeftBright) from how much brighter the left half is."""
+
+    def probabilities(self, x, batch=256, autocast=None):
+        return torch.sigmoid(8 * (left_minus_right(x) - 0.3))[:, None].expand(-1, 2).clone()
+
+
+def test_a_gan_direction_is_the_boundary_of_what_the_classifier_says_about_its_samples(store):
+    from tests.conftest import publish_vivid_gan
+
+    publish_vivid_gan(store, name="gan")
+    r = Renderer(store.load("gan"), torch.device("cpu"), choose_precision("fp32", "cpu"))
+    names = ["LeftBright", "Other"]
+    fit = LabelledFaces(names, torch.zeros(1, 3, 64, 64), torch.ones(1, 2, dtype=torch.int8))
+    # held-out real faces the judge gets right for LeftBright and wrong for Other: only LeftBright is reliable
+    faces = torch.stack([synthetic_face_tensor(i, i % 2 == 0) for i in range(20)])
+    labels = torch.tensor([[1 if i % 2 == 0 else -1, -1 if i % 2 == 0 else 1] for i in range(20)], dtype=torch.int8)
+    directions, report = fit_directions(r, fit, BrightnessJudge(), gan_samples=2000,
+                                        held_out=LabelledFaces(names, faces, labels))
+    assert report["LeftBright"]["boundary_accuracy"] > 0.9 and report["LeftBright"]["classifier_accuracy"] == 1.0
+    assert report["Other"]["classifier_accuracy"] == 0.0 and not report["Other"]["published"]
+    assert directions.names == ["LeftBright"] and report["LeftBright"]["n"] == 800  # 20% from each end of 2,000
+    assert (edit_rise(r, directions, "LeftBright") > 0).float().mean() >= 0.9
+
+
+def synthetic_face_tensor(i: int, bright_left: bool) -> torch.Tensor:
+    return from_uint8(torch.from_numpy(np.asarray(synthetic_face(i, bright_left))).permute(2, 0, 1))
