@@ -43,6 +43,17 @@ def test_each_bundled_model_is_evaluated_against_held_out_faces(name):
         assert {"recon_mse", "recon_psnr_db"} <= set(m.metrics)
 
 
+@pytest.mark.parametrize("name", BUNDLED)
+def test_each_bundled_model_steers_smile_gender_and_hair_by_meaning(name):
+    ckpt = STORE.load(name, BUNDLED_VERSIONS[name])
+    assert {"Smiling", "Male", "Blond_Hair"} <= set(ckpt.attributes.names)
+    assert all(a.accuracy >= 0.75 and a.n > 0 for a in ckpt.attributes.by_name.values())
+    report = ckpt.manifest.metrics["attributes"]["by_attribute"]
+    assert set(report) >= {"Eyeglasses", "Young"}  # reported, published or not
+    for attribute in ("Smiling", "Male"):
+        assert report[attribute]["edit"]["plain"]["rises"] >= 0.9 and report[attribute]["edit"]["plain"]["mean_rise"] >= 0.4
+
+
 def test_the_default_settings_serve_the_bundled_models(monkeypatch):
     monkeypatch.chdir(ROOT)  # where run.sh starts the service
     with TestClient(create_app(Settings(_env_file=None))) as client:
@@ -50,7 +61,8 @@ def test_the_default_settings_serve_the_bundled_models(monkeypatch):
         served = {m["name"]: m["served_version"] for m in client.get("/models").json()["models"]}
         assert {name: served.get(name) for name in BUNDLED} == BUNDLED_VERSIONS
         for path in ("/sample?model=gan&n=4", "/sample?model=vae&n=4", "/reconstruct?model=ae&n=4",
-                     "/pca-grid?model=vae&steps=3", "/interpolate?model=gan&steps=4"):
+                     "/pca-grid?model=vae&steps=3", "/interpolate?model=gan&steps=4",
+                     "/edit?model=gan&attribute=Smiling&n=2", "/edit?model=ae&attribute=Male&n=2&hold=Smiling"):
             r = client.get(path)
             assert r.status_code == 200 and r.headers["content-type"] == "image/png", (path, r.text[:200])
 

@@ -14,7 +14,7 @@ from trainer.__main__ import train_parser
 from trainer.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_VERSIONS = {"ae": 2, "vae": 4, "gan": 3}  # checkpoints/<name>/<version>, tracked in git: one per model
+BUNDLED_VERSIONS = {"ae": 3, "vae": 5, "gan": 4}  # checkpoints/<name>/<version>, tracked in git: one per model
 BUNDLED = tuple(BUNDLED_VERSIONS)
 TRAINER_ENV = {"FACEGEN_CHECKPOINT_ROOT", "FACEGEN_RUNS_DIR"}
 
