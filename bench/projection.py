@@ -4,7 +4,8 @@
 
 Projects the first --faces of the 64 held-out CelebA test faces the project ships, one request's
 worth (8) at a time as the service does, in the precision the service would choose, with and
-without the discriminator's perceptual term.
+without the discriminator's perceptual term, and, where the version has an encoder, from E(x)
+(what the service does then) as well as from random starts. --steps 0 scores E(x) alone.
 """
 
 import argparse
@@ -39,18 +40,27 @@ def main() -> int:
     print(f"{ckpt.manifest.name} v{ckpt.manifest.version} (epoch {ckpt.manifest.epoch}), {precision.name}, "
           f"discriminator shipped: {'yes' if d is not None else 'no'}")
     faces = held_out_faces()[: args.faces]
-    print(f"{'loss':<22} {'steps':>5} {'PSNR mean':>9} {'min':>6} {'max':>6} {'s/face':>7}")
+    e = ckpt.encoder.to(device) if ckpt.encoder is not None else None
+    autocast = precision.autocast(device)
+    print(f"{'start':<8} {'loss':<20} {'steps':>5} {'PSNR mean':>9} {'min':>6} {'max':>6} {'s/face':>7}")
     for steps in args.steps:
-        for name, disc in (("pixel + D features", d), ("pixel only", None)):
-            if name.startswith("pixel +") and d is None:
-                continue
-            psnrs, start = [], time.perf_counter()
-            for i in range(0, len(faces), 8):
-                psnrs.append(project(ckpt.model, faces[i : i + 8].to(device), ProjectionConfig(steps=steps),
-                                     disc.to(device) if disc is not None else None, precision.autocast(device))[2])
-            seconds = (time.perf_counter() - start) / len(faces)
-            q = torch.cat(psnrs)
-            print(f"{name:<22} {steps:>5} {q.mean():>9.2f} {q.min():>6.2f} {q.max():>6.2f} {seconds:>7.2f}", flush=True)
+        for origin in (["E(x)"] if e is not None else []) + (["random"] if steps > 0 else []):
+            for name, disc in (("pixel + D features", d), ("pixel only", None)):
+                if name.startswith("pixel +") and d is None:
+                    continue
+                psnrs, start = [], time.perf_counter()
+                for i in range(0, len(faces), 8):
+                    batch = faces[i : i + 8].to(device)
+                    z0 = None
+                    if origin == "E(x)":
+                        with torch.no_grad(), autocast():
+                            z0 = e(batch).float()
+                    psnrs.append(project(ckpt.model, batch, ProjectionConfig(steps=steps),
+                                         disc.to(device) if disc is not None else None, autocast, start=z0)[2])
+                seconds = (time.perf_counter() - start) / len(faces)
+                q = torch.cat(psnrs)
+                print(f"{origin:<8} {name:<20} {steps:>5} {q.mean():>9.2f} {q.min():>6.2f} {q.max():>6.2f} {seconds:>7.2f}",
+                      flush=True)
     return 0
 
 

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from models_core.attributes import AttributeDirections
-from models_core.dcgan import discriminator_from_extras
+from models_core.dcgan import discriminator_from_extras, encoder_from_extras
 from models_core.latent import PcaBasis, sample_prior
 from models_core.registry import build_model, get_kind
 
@@ -162,6 +162,13 @@ class Checkpoint:
         if self.manifest.kind != "gan":
             return None
         return discriminator_from_extras(self.extras, self.model.cfg)
+
+    @cached_property
+    def encoder(self) -> nn.Module | None:
+        """A GAN version's encoder (float32, eval, on the CPU): where projections start. None where it has none."""
+        if self.manifest.kind != "gan":
+            return None
+        return encoder_from_extras(self.extras, self.model.cfg)
 
     @property
     def default_prior(self) -> str:
@@ -363,10 +370,11 @@ class CheckpointStore:
         if problem:
             raise CheckpointError(f"{vdir / EXTRAS_FILE}: the attribute directions do not fit the network: {problem}")
         ckpt = Checkpoint(manifest, model.to(device).eval(), extras, vdir)
-        try:
-            ckpt.discriminator
-        except RuntimeError as e:  # load_state_dict's complaint
-            raise CheckpointError(f"{vdir / EXTRAS_FILE}: the discriminator does not fit the network: {e}") from None
+        for part in ("discriminator", "encoder"):
+            try:
+                getattr(ckpt, part)
+            except RuntimeError as e:  # load_state_dict's complaint
+                raise CheckpointError(f"{vdir / EXTRAS_FILE}: the {part} does not fit the network: {e}") from None
         return ckpt
 
     def copy_from(self, source: "CheckpointStore", name: str, version: int | None = None,

@@ -121,20 +121,51 @@ class Discriminator(nn.Module):
         return out
 
 
-DISCRIMINATOR_PREFIX = "discriminator."  # a GAN version's extras hold its discriminator under this prefix
+class GanEncoder(nn.Module):
+    """(B, C, S, S) faces -> (B, latent_dim) latents of a generator: the discriminator's trunk with a
+    linear head, trained for one generator (in-domain GAN inversion, Zhu et al. 2020) so that a
+    projection starts close to its answer."""
+
+    def __init__(self, cfg: DCGANConfig = DCGANConfig()):
+        super().__init__()
+        self.cfg = cfg
+        trunk = Discriminator(cfg)
+        self.net = trunk.net
+        self.head = nn.Linear(cfg.hidden[-1] * cfg.bottom_size**2, cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(x).flatten(1))
 
 
-def discriminator_extras(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """D's weights as checkpoint extras; floating tensors cast to `dtype` like the published G."""
-    return {DISCRIMINATOR_PREFIX + k: v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()
+# A GAN version's extras hold its discriminator, and its encoder where it has one, under these prefixes.
+DISCRIMINATOR_PREFIX = "discriminator."
+ENCODER_PREFIX = "encoder."
+
+
+def module_extras(prefix: str, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """A network's weights as checkpoint extras; floating tensors cast to `dtype` like the published G."""
+    return {prefix + k: v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()
             for k, v in state_dict.items()}
 
 
-def discriminator_from_extras(extras: dict[str, torch.Tensor], cfg: DCGANConfig) -> Discriminator | None:
-    """The discriminator published with a GAN version (float32, eval mode), or None for versions without one."""
-    state = {k.removeprefix(DISCRIMINATOR_PREFIX): v for k, v in extras.items() if k.startswith(DISCRIMINATOR_PREFIX)}
+def module_from_extras(module: nn.Module, prefix: str, extras: dict[str, torch.Tensor]) -> nn.Module | None:
+    """`module` loaded with the extras under `prefix` (float32, eval mode, frozen), or None where there are none."""
+    state = {k.removeprefix(prefix): v for k, v in extras.items() if k.startswith(prefix)}
     if not state:
         return None
-    d = Discriminator(cfg)
-    d.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return d.eval().requires_grad_(False)
+    module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return module.eval().requires_grad_(False)
+
+
+def discriminator_extras(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    return module_extras(DISCRIMINATOR_PREFIX, state_dict, dtype)
+
+
+def discriminator_from_extras(extras: dict[str, torch.Tensor], cfg: DCGANConfig) -> Discriminator | None:
+    """The discriminator published with a GAN version, or None for versions without one."""
+    return module_from_extras(Discriminator(cfg), DISCRIMINATOR_PREFIX, extras)
+
+
+def encoder_from_extras(extras: dict[str, torch.Tensor], cfg: DCGANConfig) -> GanEncoder | None:
+    """The encoder published with a GAN version, or None for versions without one."""
+    return module_from_extras(GanEncoder(cfg), ENCODER_PREFIX, extras)

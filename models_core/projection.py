@@ -1,7 +1,8 @@
 """GAN projection: find the latent z* whose generated face G(z*) is closest to a given face.
 
 Adam on z from several random starts per face; after a short exploration only the best start of
-each face goes on. The loss is the pixel error plus, where the version ships its discriminator,
+each face goes on. Given a starting point (a GAN encoder's E(x)), it starts there alone and
+refines; with 0 steps the answer is the starting point itself. The loss is the pixel error plus, where the version ships its discriminator,
 a perceptual distance on D's features (unit-normalised per position over channels, as in LPIPS),
 plus a term keeping |z| near √D, where almost all of N(0, I)'s mass lies: far from that shell G
 was never trained and its faces fall apart.
@@ -11,6 +12,7 @@ work on one thread and stop it when its client has gone.
 """
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -30,8 +32,8 @@ class ProjectionConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1 or self.starts < 1 or self.explore < 0:
-            raise ValueError("steps and starts must be positive, explore non-negative")
+        if self.steps < 0 or self.starts < 1 or self.explore < 0:
+            raise ValueError("steps must be non-negative, starts positive, explore non-negative")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -53,13 +55,16 @@ class Projection:
     """The optimisation of latents for a batch of faces (B, C, H, W) in [-1, 1]."""
 
     def __init__(self, generator: nn.Module, faces: torch.Tensor, cfg: ProjectionConfig = ProjectionConfig(),
-                 discriminator: nn.Module | None = None, autocast=contextlib.nullcontext):
-        self.G, self.D, self.cfg, self.autocast = generator, discriminator, cfg, autocast
+                 discriminator: nn.Module | None = None, autocast=contextlib.nullcontext, start: torch.Tensor | None = None):
         device = next(generator.parameters()).device
+        if start is not None:  # one start per face, where the encoder put it
+            cfg = dataclasses.replace(cfg, starts=1)
+        self.G, self.D, self.cfg, self.autocast = generator, discriminator, cfg, autocast
         self.faces = faces.to(device)
         self.batch = len(faces)
         d = generator.latent_dim
-        z = torch.randn(self.batch * cfg.starts, d, generator=torch.Generator().manual_seed(cfg.seed))
+        z = start.float() if start is not None else torch.randn(
+            self.batch * cfg.starts, d, generator=torch.Generator().manual_seed(cfg.seed))
         self.target = self.faces.repeat_interleave(cfg.starts, 0)  # row b * starts + s: face b, start s
         self.target_features = self._features(self.target)
         self._optimise(z.to(device))
@@ -127,8 +132,8 @@ class Projection:
 
 
 def project(generator: nn.Module, faces: torch.Tensor, cfg: ProjectionConfig = ProjectionConfig(),
-            discriminator: nn.Module | None = None, autocast=contextlib.nullcontext):
+            discriminator: nn.Module | None = None, autocast=contextlib.nullcontext, start: torch.Tensor | None = None):
     """(z*, G(z*), PSNR) in one call; see Projection."""
-    p = Projection(generator, faces, cfg, discriminator, autocast)
+    p = Projection(generator, faces, cfg, discriminator, autocast, start)
     p.advance(cfg.steps)
     return p.result()

@@ -87,9 +87,19 @@ class ServedModel:
         d = self.checkpoint.discriminator
         return d.to(self.device) if d is not None else None
 
+    @functools.cached_property
+    def encoder(self) -> torch.nn.Module | None:
+        e = self.checkpoint.encoder
+        return e.to(self.device) if e is not None else None
+
     def start_projection(self, faces: torch.Tensor, cfg: ProjectionConfig) -> Projection:
-        """Blocking (it computes the faces' features); call from the executor."""
-        return Projection(self.net, faces.to(self.device), cfg, self.discriminator, self.precision.autocast(self.device))
+        """Blocking (it computes the faces' features, and their encodings where the version has an
+        encoder: the projection starts there); call from the executor."""
+        faces, autocast = faces.to(self.device), self.precision.autocast(self.device)
+        start = None
+        if self.encoder is not None:
+            start = run_inference(self.encoder, faces, self.device, autocast).clone()  # out of inference mode
+        return Projection(self.net, faces, cfg, self.discriminator, autocast, start)
 
 
 class ModelRegistry:

@@ -1,4 +1,4 @@
-"""python -m trainer: train (default), prepare-data, evaluate, promote, directions. Each has its own --help."""
+"""python -m trainer: train (default), prepare-data, evaluate, promote, directions, gan-encoder. Each has its own --help."""
 
 import argparse
 import sys
@@ -19,6 +19,7 @@ Other commands:
   python -m trainer evaluate --model NAME           score a published version
   python -m trainer promote --model NAME --from DIR  copy a version into the served store
   python -m trainer directions --model NAME --data DIR  fit attribute directions (smile, ...) for a version
+  python -m trainer gan-encoder --model NAME --data DIR  train an encoder that starts a GAN's projections
 
 Multi-GPU: torchrun --standalone --nproc_per_node=N -m trainer --model gan --data DIR
 Multi-node: torchrun --nnodes=M --nproc_per_node=N --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m trainer ...
@@ -144,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.directions import main as directions_main
 
         return directions_main(argv[1:])
+    if argv and argv[0] == "gan-encoder":
+        from trainer.gan_encoder import main as gan_encoder_main
+
+        return gan_encoder_main(argv[1:])
     if argv and argv[0] == "promote":
         from trainer.promote import main as promote_main
 

@@ -258,9 +258,11 @@ def require_basis(served: ServedModel):
     return served.basis
 
 
-ProjectionSteps = Annotated[int | None, Query(ge=1, le=1000, description="GAN only: Adam steps of the projection "
+ProjectionSteps = Annotated[int | None, Query(ge=0, le=1000, description="GAN only: Adam steps of the projection "
                             "that finds each face's latent (default FACEGEN_PROJECTION_STEPS, 200); the projection also "
-                            "stops at FACEGEN_PROJECTION_TIME_S, and X-Projection-Steps says how many ran", examples=[200])]
+                            "stops at FACEGEN_PROJECTION_TIME_S, and X-Projection-Steps says how many ran. A version with "
+                            "an encoder starts from its encoding E(x); 0 returns E(x) alone (0 is refused without an "
+                            "encoder)", examples=[200])]
 
 
 def require_latents_of_faces(request: Request, served: ServedModel, n_faces: int = 1) -> None:
@@ -304,9 +306,18 @@ async def embed(request: Request, served: ServedModel, faces: torch.Tensor) -> t
         raise retired(served) from None
 
 
+def steps_to_run(request: Request, served: ServedModel, steps: int | None) -> int:
+    """The steps a projection runs: those asked for, else the default; 0 only from an encoder's start."""
+    if steps == 0 and served.encoder is None:
+        raise ApiError(409, f"{served.name} v{served.version} has no encoder to start a projection from",
+                       "ask for 1 or more steps, or use a version published with an encoder")
+    return request.app.state.settings.projection_steps if steps is None else steps
+
+
 async def project(request: Request, served: ServedModel, faces: torch.Tensor, steps: int | None) -> Projected:
+    steps = steps_to_run(request, served, steps)
     try:
-        return await request.app.state.projector.project(served, faces, steps or request.app.state.settings.projection_steps)
+        return await request.app.state.projector.project(served, faces, steps)
     except ProjectorBusy as e:
         raise ApiError(503, "every projection slot is taken", f"{request.app.state.projector.max_running} projections "
                        f"run at once (FACEGEN_MAX_PROJECTIONS); retry after {e.retry_after} s",
@@ -366,7 +377,7 @@ async def reconstruct_bundled(
     bundled = request.app.state.faces
     n = min(n, len(bundled))
     require_latents_of_faces(request, served, n)
-    steps = None if served.has_encoder else steps or request.app.state.settings.projection_steps
+    steps = None if served.has_encoder else steps_to_run(request, served, steps)
     params = dict(seed=seed, n=n, steps=steps)
 
     async def make():

@@ -49,3 +49,17 @@ def test_the_prior_term_keeps_latents_on_the_typical_shell():
     z = project(g, faces, ProjectionConfig(steps=60, prior=10.0))[0]
     radius = z.norm(dim=1) / g.latent_dim**0.5
     assert ((radius - 1).abs() < 0.1).all(), radius
+
+
+def test_a_start_is_where_the_projection_begins_and_zero_steps_return_it():
+    from models_core.dcgan import GanEncoder
+
+    g, d = vivid_generator()
+    faces = g.decode(torch.randn(3, g.latent_dim, generator=torch.Generator().manual_seed(4))).detach()
+    start = GanEncoder(g.cfg).eval()(faces).detach()
+    z, images, _ = project(g, faces, ProjectionConfig(steps=0), d, start=start)
+    assert torch.equal(z, start) and torch.allclose(images, g.decode(start).detach())
+    p = Projection(g, faces, ProjectionConfig(steps=30, starts=4), d, start=start)
+    assert p.cfg.starts == 1 and len(p.z) == 3  # one start per face: the encoder's
+    p.advance(30)
+    assert p.result()[2].mean() > psnr(images, faces).mean()  # refined from there

@@ -74,7 +74,8 @@ def test_a_gan_reconstructs_and_interpolates_real_faces_through_projection(clien
     ("post", "/project?model=vae", 1, 409, "is not a GAN"),
     ("post", "/project?model=vivid-gan", 9, 409, "at most 8 faces"),
     ("get", "/reconstruct?model=vivid-gan&n=9", 0, 409, "at most 8 faces"),
-    ("post", "/project?model=vivid-gan&steps=0", 1, 422, "steps"),
+    ("post", "/project?model=vivid-gan&steps=0", 1, 409, "has no encoder"),
+    ("post", "/project?model=vivid-gan&steps=-1", 1, 422, "steps"),
     ("post", "/project?model=vivid-gan&steps=1001", 1, 422, "steps"),
     ("post", "/project?model=nope", 1, 404, "unknown model"),
 ])
@@ -125,3 +126,23 @@ def test_projections_are_bounded_share_the_thread_and_stop_when_their_client_goe
         assert steps_run() == stopped_at < 1000  # no step ran after its client left
         r = httpx.post(f"{url}/project?model=vivid-gan&steps=5", files=upload(image_bytes()))
         assert r.status_code == 200  # the slot is free again
+
+
+def test_a_version_with_an_encoder_starts_projections_from_it(store):
+    """steps=0 answers E(x) alone; more steps refine from there and never end further away."""
+    import torch
+
+    from models_core.dcgan import ENCODER_PREFIX, GanEncoder, module_extras
+
+    torch.manual_seed(0)
+    ckpt = store.load("vivid-gan")
+    encoder = GanEncoder(ckpt.model.cfg).eval()
+    store.copy_from(store, "vivid-gan", extras=ckpt.extras | module_extras(ENCODER_PREFIX, encoder.state_dict()))
+    with TestClient(create_app(make_settings(store))) as client:
+        face = upload(image_bytes((200, 120, 90)))
+        at_once = client.post("/project?model=vivid-gan&steps=0", files=face)
+        assert at_once.status_code == 200 and at_once.headers["x-projection-steps"] == "0"
+        refined = client.post("/project?model=vivid-gan&steps=40", files=face)
+        assert psnrs(refined)[0] >= psnrs(at_once)[0] - 0.5  # refined from there (the loss is not pixels alone)
+        assert client.get("/reconstruct?model=vivid-gan&n=2&steps=0").headers["x-projection-steps"] == "0"
+        assert client.post("/project?model=vivid-gan&steps=0&version=1", files=face).status_code == 409  # no encoder
