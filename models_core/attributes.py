@@ -29,7 +29,7 @@ class AttributeDirection:
 
 
 class AttributeDirections:
-    """The published attributes of a model version, by name, in the order they were fitted."""
+    """The published attributes of a model version, by name."""
 
     def __init__(self, attributes: list[AttributeDirection]):
         self.by_name = {a.name: a for a in attributes}
@@ -53,9 +53,10 @@ class AttributeDirections:
         """(D,) unit direction of `name` with the directions of `hold` projected out: moving along it
         leaves the held attributes' boundaries' scores unchanged (to first order, exactly for linear ones)."""
         d = self[name].direction.float()
-        held = [self[h].direction.float() for h in hold if h != name]
+        held = [self[h].direction.float() for h in dict.fromkeys(hold) if h != name]
         if held:
-            q, _ = torch.linalg.qr(torch.stack(held, 1))  # orthonormal basis of the held directions
+            u, sv, _ = torch.linalg.svd(torch.stack(held, 1), full_matrices=False)
+            q = u[:, sv > 1e-4 * sv.max()]  # an orthonormal basis of their span, whatever their overlap
             d = d - q @ (q.T @ d)
         norm = d.norm()
         if norm < 1e-3:

@@ -61,10 +61,11 @@ def figures_main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="auto (default): bf16 where the chip has native bf16, fp32 elsewhere, as the service chooses")
-    parser.add_argument("--projection-steps", type=int, default=200,
-                        help="Adam steps per projection for a GAN's reconstructions (default: %(default)s)")
+    parser.add_argument("--projection-steps", type=int, default=None,
+                        help="Adam steps per projection for a GAN's reconstructions (default: the service's, 200 from "
+                             "random starts or 20 from the version's encoder)")
     args = parser.parse_args(argv)
-    if not 1 <= args.projection_steps <= 5000:
+    if args.projection_steps is not None and not 1 <= args.projection_steps <= 5000:
         parser.error("--projection-steps must be between 1 and 5000")
 
     store = CheckpointStore(args.checkpoints)

@@ -15,7 +15,7 @@ from models_core.checkpoint import Checkpoint
 from models_core.folding import serving_copy
 from models_core.images import decode_images, encode_png, image_grid, originals_over_reconstructions, side_by_side, to_uint8
 from models_core.precision import Precision
-from models_core.projection import ProjectionConfig, project
+from models_core.projection import DEFAULT_STEPS, DEFAULT_STEPS_FROM_ENCODER, ProjectionConfig, project
 
 PAIRS = 4  # lerp-vs-slerp: seed pairs, each a lerp row above a slerp row
 STEPS = 8  # images along a path
@@ -40,16 +40,24 @@ class Renderer:
         with torch.inference_mode(), self.autocast():
             return self.net.embed(faces.to(self.device)).float().cpu()
 
-    def reconstruct(self, faces: torch.Tensor, projection_steps: int) -> torch.Tensor:
+    def reconstruct(self, faces: torch.Tensor, projection_steps: int | None = None) -> torch.Tensor:
+        """AE/VAE: through the encoder. GAN: by projection, from E(x) where the version has an encoder (as
+        the service does), else from random starts."""
         if hasattr(self.net, "embed"):
             return self.decode(self.embed(faces))
-        d = self.ckpt.discriminator
-        _, images, _ = project(self.net, faces.to(self.device), ProjectionConfig(steps=projection_steps),
-                               d.to(self.device) if d is not None else None, self.autocast)
+        d, e, faces = self.ckpt.discriminator, self.ckpt.encoder, faces.to(self.device)
+        start = None
+        if e is not None:
+            with torch.inference_mode(), self.autocast():
+                start = e.to(self.device)(faces).float().clone()
+        if projection_steps is None:  # the service's default
+            projection_steps = DEFAULT_STEPS_FROM_ENCODER if start is not None else DEFAULT_STEPS
+        _, images, _ = project(self.net, faces, ProjectionConfig(steps=projection_steps),
+                               d.to(self.device) if d is not None else None, self.autocast, start)
         return to_uint8(images.cpu())
 
 
-def model_figures(r: Renderer, faces: torch.Tensor, projection_steps: int = 200) -> Iterator[tuple[str, np.ndarray]]:
+def model_figures(r: Renderer, faces: torch.Tensor, projection_steps: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(figure name, image) for one model."""
     ckpt = r.ckpt
     yield "samples", image_grid(r.decode(views.prior_latents(ckpt, 32, seed=0)), nrow=8)
@@ -74,7 +82,7 @@ def study_latent_grid(r: Renderer) -> np.ndarray:
     return image_grid(r.decode(z), nrow=GRID)
 
 
-def write_figures(renderers: dict[str, Renderer], faces: torch.Tensor, out: Path, projection_steps: int = 200,
+def write_figures(renderers: dict[str, Renderer], faces: torch.Tensor, out: Path, projection_steps: int | None = None,
                   progress=lambda message: None) -> list[Path]:
     """Every figure for every model, and the AE-vs-VAE comparison where both are there, as PNGs in `out`."""
     out.mkdir(parents=True, exist_ok=True)

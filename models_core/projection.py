@@ -21,6 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+DEFAULT_STEPS = 200  # from random starts
+DEFAULT_STEPS_FROM_ENCODER = 20  # from E(x), already close
+
+
 @dataclass(frozen=True)
 class ProjectionConfig:
     steps: int = 200  # Adam steps in all, exploration included

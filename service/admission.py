@@ -25,7 +25,7 @@ from service.errors import ApiError, send_error
 from service.methods import documented_methods
 from service.metrics import echoed_request_id
 
-DECODING_ROUTES = frozenset({"/sample", "/interpolate", "/reconstruct", "/pca-grid", "/pca-point", "/latent-grid", "/project"})
+DECODING_ROUTES = frozenset({"/sample", "/interpolate", "/reconstruct", "/pca-grid", "/pca-point", "/latent-grid", "/project", "/edit"})
 
 
 class Admission:

@@ -6,6 +6,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models_core.projection import DEFAULT_STEPS, DEFAULT_STEPS_FROM_ENCODER
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEGEN_", env_file=".env", extra="ignore")
@@ -50,8 +52,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_upload_pixels: int = Field(4096 * 4096, ge=1)
     max_files: int = Field(64, ge=1, description="most images in one /reconstruct upload")
-    projection_steps: int = Field(200, ge=1, le=1000, description="GAN projection (/project, and /reconstruct and "
+    projection_steps: int = Field(DEFAULT_STEPS, ge=1, le=1000, description="GAN projection (/project, and /reconstruct and "
                                   "POST /interpolate for a GAN): Adam steps when the request names none")
+    encoder_projection_steps: int = Field(DEFAULT_STEPS_FROM_ENCODER, ge=0, le=1000, description="the same for a GAN version that ships an "
+                                          "encoder: its projections start from E(x), so a few steps refine it")
     projection_time_s: float = Field(30.0, gt=0, description="a projection stops after this many seconds with the "
                                      "best latents found so far (the response says how many steps it ran)")
     max_projections: int = Field(2, ge=1, description="projections running at once; more are answered 503 at once. "

@@ -51,15 +51,15 @@ class LabelledFaces:
         return LabelledFaces(self.names, self.faces[idx], self.labels[idx])
 
 
-def labelled_training_faces(data: PackedFaces) -> LabelledFaces:
-    """The training split's faces that have labels; valid and test faces never take part."""
+def labelled_training_faces(data: PackedFaces, limit: int | None = None) -> LabelledFaces:
+    """The training split's faces that have labels (the first `limit`); valid and test faces never take part."""
     found = data.attributes()
     if found is None:
         raise NoLabels(f"{data.root} has no attribute labels: prepare it again with CelebA's list_attr_celeba.txt "
                        "beside the images or named with --attributes")
     names, labels = found
     train = data.splits["train"]
-    rows = train[(labels[train] != 0).any(1)]
+    rows = train[(labels[train] != 0).any(1)][:limit]
     if len(rows) == 0:
         raise NoLabels(f"{data.root}: none of its training faces is labelled (labels are only fitted on the train split)")
     faces = from_uint8(torch.from_numpy(np.ascontiguousarray(data.images[rows]))).permute(0, 3, 1, 2).contiguous()
@@ -78,7 +78,7 @@ def fit_boundary(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarra
 def examples(r: Renderer, fit: LabelledFaces, classifier: AttributeClassifier | None, seed: int,
              gan_samples: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """{attribute: (latents x, labels y, the latents its scale is measured on)}."""
-    if get_kind(r.ckpt.manifest.kind).has_encoder:
+    if classifier is None:  # an AE/VAE: the encoder's latent means of the labelled faces
         z = torch.cat([r.embed(chunk) for chunk in fit.faces.split(256)]).numpy()
         out = {}
         for j, name in enumerate(fit.names):
@@ -126,7 +126,7 @@ def fit_directions(r: Renderer, fit: LabelledFaces, classifier: AttributeClassif
             entry["why_not"] = f"fewer than {MIN_PER_CLASS} faces on one side"
             continue
         direction, accuracy = fit_boundary(x, y, seed)
-        if classifier is not None:
+        if recognised:  # a GAN's: the classifier that labelled its samples must also know real faces
             entry["boundary_accuracy"], entry["classifier_accuracy"] = round(accuracy, 4), recognised.get(name)
             accuracy = min(accuracy, recognised.get(name) or 0.0)
         entry["accuracy"] = round(accuracy, 4)
@@ -213,19 +213,23 @@ def main(argv: list[str]) -> int:
                    "(default: %(default)s)")
     p.add_argument("--classifier-epochs", type=int, default=40, help="epochs of each attribute classifier (default: %(default)s)")
     p.add_argument("--span", type=float, default=3.0, help="edits rated from -span to +span (default: %(default)s)")
+    p.add_argument("--max-faces", type=int, default=20_000, help="at most this many labelled training faces, the first "
+                   "in the dataset's order (default: %(default)s; they are held in memory as float32, 48 kB each)")
     p.add_argument("--seed", type=int, default=0, help="seed of the halves, samples and classifiers (default: %(default)s)")
     p.add_argument("--dry-run", action="store_true", help="fit and report, publish nothing")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     args = p.parse_args(argv)
     if args.gan_samples < 100:
         p.error("--gan-samples must be at least 100")
+    if args.classifier_epochs < 1 or args.span <= 0 or args.max_faces < 2:
+        p.error("--classifier-epochs must be >= 1, --span > 0 and --max-faces >= 2")
 
     if args.version is not None and len(args.model) > 1:
         p.error("--version names the version of one model; give one --model with it")
     store = CheckpointStore(args.checkpoints)
     try:
         ckpts = [store.load(name, args.version) for name in args.model]
-        labelled = labelled_training_faces(PackedFaces.open(args.data))
+        labelled = labelled_training_faces(PackedFaces.open(args.data), args.max_faces)
     except (CheckpointError, SourceError, NoLabels) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -246,7 +250,9 @@ def main(argv: list[str]) -> int:
         r = Renderer(ckpt, device, precision)
         if not get_kind(m.kind).has_encoder and labeller is None:
             labeller = classifier(fit, args.seed)
-        directions, report = fit_directions(r, fit, labeller, args.seed, args.gan_samples, held_out=rate)
+        gan = not get_kind(m.kind).has_encoder
+        directions, report = fit_directions(r, fit, labeller if gan else None, args.seed, args.gan_samples,
+                                            held_out=rate if gan else None)
         rater = rater or classifier(rate, args.seed + 1)
         ratings = rate_edits(r, directions, rater, labelled.names, span=args.span, seed=args.seed)
         for name, rows in ratings.items():

@@ -38,6 +38,25 @@ def encoder_losses(E: GanEncoder, G, D, x: torch.Tensor, autocast) -> dict[str, 
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(E: GanEncoder, batches: FaceBatches, n_batches: int = 50) -> None:
+    """BatchNorm's running statistics from real faces alone. In training E saw G's samples and real
+    faces in separate batches, each normalised by its own statistics, but the running averages blend
+    both; at serving time E sees only real faces."""
+    bns = [m for m in E.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a plain average over the batches below
+    E.train()
+    for i, x in enumerate(batches.epoch(10**6)):
+        if i == n_batches:
+            break
+        E(x)
+    for bn in bns:
+        bn.momentum = 0.1
+    E.eval()
+
+
+@torch.no_grad()
 def encoder_psnr(E: GanEncoder, G, faces: torch.Tensor, autocast) -> float:
     """Mean PSNR (dB) of G(E(x)) against (N, 3, H, W) faces in [-1, 1]."""
     was = E.training
@@ -88,6 +107,7 @@ def train_encoder(G, D, train: torch.Tensor, held_out: torch.Tensor, device: tor
     except KeyboardInterrupt:
         stopped = "interrupted"
     bar.close()
+    recalibrate_batchnorm(E, batches)
     seconds = time.monotonic() - start
     report = {"steps": step, "epochs": round(step * batch_size / len(train), 2), "batch_size": batch_size, "lr": lr,
               "seconds": round(seconds, 1), "stopped_by": stopped,
@@ -132,8 +152,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = p.parse_args(argv)
-    if args.minutes <= 0 or args.batch_size < 1:
-        p.error("--minutes must be > 0 and --batch-size >= 1")
+    if args.minutes <= 0 or args.batch_size < 1 or (args.max_steps is not None and args.max_steps < 1):
+        p.error("--minutes must be > 0, --batch-size and --max-steps >= 1")
 
     store = CheckpointStore(args.checkpoints)
     try:

@@ -205,7 +205,12 @@ class Trainer:
 
     def set_lr(self, total: int) -> None:
         warmdown_steps = round(self.cfg.lr_warmdown * len(self.batches))
-        lr = lr_at(self.step, self.planned_end(total) if warmdown_steps else total, self.cfg.lr, warmdown_steps)
+        end = total
+        if warmdown_steps and self.end_planner is not None:
+            end = self.planned_end(total)
+            if self.end_planner.since is not None:  # a warm-down longer than the plan falls from where the plan starts
+                warmdown_steps = min(warmdown_steps, max(end - self.end_planner.since[0], 1))
+        lr = lr_at(self.step, end, self.cfg.lr, warmdown_steps)
         # Under --time-limit the planned end moves with the measured speed; the LR never climbs back up.
         self.lr = min(lr, self.lr) if self.warming_down else lr
         self.warming_down = self.lr < self.cfg.lr

@@ -10,6 +10,7 @@ CelebA's attribute labels (list_attr_celeba.txt) are looked for where each layou
 beside the partition file, in torchvision's celeba/, and in the official download's Anno/.
 """
 
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,9 @@ def read_attributes(path: Path) -> AttributeTable:
     names = lines[1].split()
     if not names:
         raise SourceError(f"{path}:2: expected the attribute names, got an empty line")
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", n)]
+    if bad:
+        raise SourceError(f"{path}:2: attribute names are letters, digits and _ (at most 64), got {bad[0]!r}")
     rows = {}
     for lineno, line in enumerate(lines[2:], 3):
         parts = line.split()

@@ -39,9 +39,9 @@ def directions_of(served: ServedModel) -> AttributeDirections:
 
 
 def check_edit(served: ServedModel, attribute: str, hold: str) -> list[str]:
-    """The held attributes, once the attribute and each of them are known to the version."""
+    """The held attributes (sorted, without repeats or the edited one), once each is known to the version."""
     directions = directions_of(served)
-    held = [h for h in hold.split(",") if h]
+    held = sorted({h for h in hold.split(",") if h} - {attribute})  # one spelling per edit, one cache entry
     for name in [attribute, *held]:
         if name not in directions:
             raise ApiError(422, f"unknown attribute {name!r} for {served.name} v{served.version}",

@@ -259,7 +259,8 @@ def require_basis(served: ServedModel):
 
 
 ProjectionSteps = Annotated[int | None, Query(ge=0, le=1000, description="GAN only: Adam steps of the projection "
-                            "that finds each face's latent (default FACEGEN_PROJECTION_STEPS, 200); the projection also "
+                            "that finds each face's latent (default FACEGEN_PROJECTION_STEPS, 200, or FACEGEN_ENCODER_PROJECTION_STEPS, 20, for a "
+                            "version with an encoder); the projection also "
                             "stops at FACEGEN_PROJECTION_TIME_S, and X-Projection-Steps says how many ran. A version with "
                             "an encoder starts from its encoding E(x); 0 returns E(x) alone (0 is refused without an "
                             "encoder)", examples=[200])]
@@ -311,7 +312,10 @@ def steps_to_run(request: Request, served: ServedModel, steps: int | None) -> in
     if steps == 0 and served.encoder is None:
         raise ApiError(409, f"{served.name} v{served.version} has no encoder to start a projection from",
                        "ask for 1 or more steps, or use a version published with an encoder")
-    return request.app.state.settings.projection_steps if steps is None else steps
+    if steps is not None:
+        return steps
+    settings = request.app.state.settings
+    return settings.encoder_projection_steps if served.encoder is not None else settings.projection_steps
 
 
 async def project(request: Request, served: ServedModel, faces: torch.Tensor, steps: int | None) -> Projected:

@@ -19,6 +19,7 @@ async def models(request: Request) -> dict:
             "versions": registry.store.versions(name),
             "has_encoder": served.has_encoder,
             "can_project": served.can_project,  # a GAN: faces reach its latents by optimisation (/project)
+            "projects_from_encoder": served.encoder is not None,  # ... starting from its encoder's E(x)
             "pca_components": served.basis.n_components if served.basis is not None else 0,
             "latent_dim": served.latent_dim,
             "precision": served.precision.to_dict(),

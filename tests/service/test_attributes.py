@@ -76,6 +76,18 @@ def test_edit_latents_move_the_samples_along_the_direction(edit_client, served_s
     assert torch.allclose((z[:, 4] - z[:, 2]) @ smile.direction, torch.full((3,), 2.0 * smile.scale), atol=1e-5)
 
 
+def test_repeated_or_overlapping_holds_are_one_hold(edit_client):
+    d = directions(16)
+    once = d.conditioned("Male", ["Smiling"])
+    assert torch.allclose(d.conditioned("Male", ["Smiling", "Smiling"]), once, atol=1e-5)
+    assert torch.allclose(d.conditioned("Male", ["Smiling", "Twin"]), once, atol=1e-5)  # Twin = Smiling's direction
+    a = edit_client.get("/edit?model=vae&attribute=Male&n=2&hold=Smiling")
+    for hold in ("Smiling,Smiling", "Smiling,Male", "Twin,Smiling"):
+        b = edit_client.get(f"/edit?model=vae&attribute=Male&n=2&hold={hold}")
+        assert b.status_code == 200 and np.abs(tiles(b, 5, 2) - tiles(a, 5, 2)).max() <= 2, hold
+    assert edit_client.get("/edit?model=vae&attribute=Male&n=2&hold=Smiling,Smiling").headers["etag"] == a.headers["etag"]
+
+
 def test_the_direction_held_is_projected_out():
     d = directions(16)
     smile = d.conditioned("Smiling", ["Male"])

@@ -289,3 +289,12 @@ def test_metric_labels_come_only_from_served_models(client):
     text = client.get("/metrics").text
     assert "nosuchmodel" not in text and "another-one" not in text
     assert 'facegen_requests_total{endpoint="/sample",model="",status="404"} 2.0' in text
+
+
+def test_every_route_that_draws_faces_is_refused_early_when_its_model_is_saturated(client):
+    from service.admission import DECODING_ROUTES
+
+    paths = client.get("/openapi.json").json()["paths"]
+    drawing = {path for path, ops in paths.items() for op in ops.values()
+               if "image/png" in op.get("responses", {}).get("200", {}).get("content", {})}
+    assert drawing == DECODING_ROUTES
