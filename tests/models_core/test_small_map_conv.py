@@ -40,10 +40,19 @@ def test_small_maps_take_the_gemm_and_match_the_library(make, size, autocast):
 
     assert "SmallMapConv" in name
     assert ours["y"].dtype == theirs["y"].dtype == (torch.bfloat16 if autocast else torch.float32)
-    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
     for key in ours:
         assert ours[key].dtype == theirs[key].dtype, key  # parameter grads in the parameters' own dtype
-        torch.testing.assert_close(ours[key].float(), theirs[key].float(), **tol, msg=key)
+    if not autocast:
+        for key in ours:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-5, msg=key)
+        return
+    # Under bf16 the library's own kernels round differently from chip to chip (a weight gradient
+    # of ~20 may come back in steps of 0.125), so both are held to the fp32 answer, as a whole.
+    exact, _ = backprop(library(module), module, x, autocast=False)
+    for key in ours:
+        for result in (ours, theirs):
+            error = (result[key].float() - exact[key]).norm() / exact[key].norm()
+            assert error < 1e-2, (key, error.item())
 
 
 def test_larger_maps_and_inference_keep_the_library_path():
