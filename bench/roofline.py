@@ -20,7 +20,7 @@ from tqdm import tqdm
 from hardware import describe
 from models_core import small_map_conv
 from models_core.folding import serving_copy
-from models_core.precision import choose_precision
+from models_core.precision import PRECISIONS, choose_precision
 from models_core.registry import build_model, get_kind
 from trainer.config import TrainConfig
 from trainer.tasks import make_task
@@ -100,7 +100,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--preset", default="seed", help="network size (default: the seed study's)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--gemm", type=int, default=None, help="GEMM side (default 2048 on CPU, 8192 on GPU)")
     p.add_argument("--decode-batch", type=int, nargs="+", default=[64], help="decode batch sizes (default 64)")
     p.add_argument("--repeats", type=int, default=5)

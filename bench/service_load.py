@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from models_core.precision import PRECISIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -258,7 +260,7 @@ def main():
     p.add_argument("--model", default="gan")
     p.add_argument("--seconds", type=int, default=10, help="duration of each wrk scenario")
     p.add_argument("--requests", type=int, default=64, help="requests per scenario with the httpx fallback")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="the service's (the baseline stays fp32)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="the service's (the baseline stays fp32)")
     p.add_argument("--compile", action="store_true", help="FACEGEN_COMPILE=1 for the service")
     p.add_argument("--overload", type=int, default=0, metavar="ROUNDS",
                    help="run only the overload scenario (/sample n=4 at c = 4..64, then ROUNDS rounds at 16× the "

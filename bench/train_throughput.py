@@ -24,7 +24,7 @@ from torchvision import transforms
 
 from models_core.dcgan import Discriminator, Generator
 from models_core.losses import vae_loss
-from models_core.precision import choose_precision
+from models_core.precision import PRECISIONS, choose_precision
 from models_core.registry import build_model
 from trainer.config import TrainConfig
 from trainer.data import FaceBatches, PackedFaces
@@ -121,7 +121,7 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--models", nargs="+", default=["ae", "vae", "gan"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="ours (the reference stays fp32)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="ours (the reference stays fp32)")
     args = p.parse_args()
     device = torch.device(args.device)
     precision = choose_precision(args.precision, device)

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from models_core.attributes import AttributeDirections
 from models_core.dcgan import discriminator_from_extras, encoder_from_extras
 from models_core.latent import PcaBasis, sample_prior
-from models_core.registry import build_model, get_kind
+from models_core.registry import ModelKind, build_model, get_kind
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -147,6 +147,11 @@ class Checkpoint:
     extras: dict[str, torch.Tensor]
     path: Path
 
+    @property
+    def kind(self) -> ModelKind:
+        """What the version is: kind.has_encoder says whether faces reach its latents through its own encoder."""
+        return get_kind(self.manifest.kind)
+
     @cached_property
     def pca(self) -> PcaBasis | None:
         return PcaBasis.from_tensors(self.extras) if "pca.components" in self.extras else None
@@ -173,8 +178,7 @@ class Checkpoint:
     @property
     def default_prior(self) -> str:
         """'fitted' for a model with an encoder and a stored basis, 'standard' otherwise."""
-        has_encoder = get_kind(self.manifest.kind).has_encoder
-        return "fitted" if has_encoder and self.pca is not None else "standard"
+        return "fitted" if self.kind.has_encoder and self.pca is not None else "standard"
 
     def prior_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, per-dimension std) of the distribution the model samples from by default: where
@@ -202,7 +206,7 @@ class Checkpoint:
         auto: default_prior.
         """
         if self.resolve_prior(prior) == "fitted":
-            if self.pca is None or not get_kind(self.manifest.kind).has_encoder:
+            if self.pca is None or not self.kind.has_encoder:
                 raise ValueError(f"{self.manifest.name} v{self.manifest.version} has no fitted latent Gaussian "
                                  "(that needs an encoder and a stored PCA basis); use prior=standard")
             return self.pca.sample(n, generator, temperature)

@@ -8,7 +8,7 @@ in/out channel axes are swapped (Dumoulin & Visin 2016, "A guide to convolution 
 """
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from models_core import small_map_conv
 
 ConvImpl = Literal["native", "scratch"]
+CONV_IMPLS = get_args(ConvImpl)
 
 
 def conv_transpose2d(
@@ -65,8 +66,8 @@ class ConvTranspose2d(nn.Module):
         impl: ConvImpl = "native",
     ):
         super().__init__()
-        if impl not in ("native", "scratch"):
-            raise ValueError(f"impl must be 'native' or 'scratch', got {impl!r}")
+        if impl not in CONV_IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(CONV_IMPLS)}, got {impl!r}")
         self.stride, self.padding, self.impl = stride, padding, impl
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from models_core.conv_transpose import ConvImpl, ConvTranspose2d
+from models_core.conv_transpose import CONV_IMPLS, ConvImpl, ConvTranspose2d
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ class DCGANConfig:
             raise ValueError(f"img_size must be a multiple of {2 ** len(self.hidden)}, got {self.img_size}")
         if min(self.latent_dim, self.img_channels) < 1:
             raise ValueError("latent_dim and img_channels must be positive")
-        if self.conv_impl not in ("native", "scratch"):
-            raise ValueError(f"conv_impl must be 'native' or 'scratch', got {self.conv_impl!r}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {self.conv_impl!r}")
 
     @property
     def bottom_size(self) -> int:

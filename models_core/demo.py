@@ -18,7 +18,7 @@ import torch
 from models_core.checkpoint import CheckpointError, CheckpointStore
 from models_core.images import encode_png, held_out_faces, image_grid
 from models_core.latent import sample_prior
-from models_core.precision import choose_precision
+from models_core.precision import PRECISIONS, choose_precision
 
 NO_MODEL_HINT = "Train a model first (python -m trainer --help) or point --checkpoints at a root."
 
@@ -59,7 +59,7 @@ def figures_main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs (created if missing)")
     parser.add_argument("--models", nargs="+", help="model names (default: every model under the root)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto (default): bf16 where the chip has native bf16, fp32 elsewhere, as the service chooses")
     parser.add_argument("--projection-steps", type=int, default=None,
                         help="Adam steps per projection for a GAN's reconstructions (default: the service's, 200 from "

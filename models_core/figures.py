@@ -43,7 +43,7 @@ class Renderer:
     def reconstruct(self, faces: torch.Tensor, projection_steps: int | None = None) -> torch.Tensor:
         """AE/VAE: through the encoder. GAN: by projection, from E(x) where the version has an encoder (as
         the service does), else from random starts."""
-        if hasattr(self.net, "embed"):
+        if self.ckpt.kind.has_encoder:
             return self.decode(self.embed(faces))
         d, e, faces = self.ckpt.discriminator, self.ckpt.encoder, faces.to(self.device)
         start = None
@@ -61,7 +61,7 @@ def model_figures(r: Renderer, faces: torch.Tensor, projection_steps: int | None
     """(figure name, image) for one model."""
     ckpt = r.ckpt
     yield "samples", image_grid(r.decode(views.prior_latents(ckpt, 32, seed=0)), nrow=8)
-    n = 16 if hasattr(r.net, "embed") else 8  # a projection takes seconds per face
+    n = 16 if ckpt.kind.has_encoder else 8  # a projection takes seconds per face
     images, width = originals_over_reconstructions(faces[:n], r.reconstruct(faces[:n], projection_steps))
     yield "reconstructions", image_grid(images, nrow=width)
     rows = [views.interpolation_latents(ckpt, 2 * i + 1, 2 * i + 2, STEPS, method) for i in range(PAIRS)

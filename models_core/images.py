@@ -52,6 +52,12 @@ def from_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1
 
 
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B,) PSNR in dB between images in [-1, 1], measured on the [0, 1] scale."""
+    mse = ((a.float() - b.float()) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
 def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
     """(B, C, H, W) floats in [-1, 1] or uint8 -> (H', W', C) uint8 grid, nrow images per row."""
     if images.dtype != torch.uint8:

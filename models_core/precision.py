@@ -8,10 +8,12 @@ the hardware, and says why it chose what it chose.
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PrecisionChoice = Literal["auto", "fp32", "bf16"]
+PRECISIONS = get_args(PrecisionChoice)
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names of native bf16 matrix/vector units
 
 

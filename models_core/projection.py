@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models_core.images import psnr
+
 
 DEFAULT_STEPS = 200  # from random starts
 DEFAULT_STEPS_FROM_ENCODER = 20  # from E(x), already close
@@ -38,12 +40,6 @@ class ProjectionConfig:
     def __post_init__(self):
         if self.steps < 0 or self.starts < 1 or self.explore < 0:
             raise ValueError("steps must be non-negative, starts positive, explore non-negative")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(B,) PSNR in dB between images in [-1, 1], measured on the [0, 1] scale."""
-    mse = ((a.float() - b.float()) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
 
 
 def feature_distance(fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from models_core.conv_transpose import ConvImpl, ConvTranspose2d
+from models_core.conv_transpose import CONV_IMPLS, ConvImpl, ConvTranspose2d
 from models_core.small_map_conv import Conv2d
 
 N_STAGES = 4  # 64 -> 32 -> 16 -> 8 -> 4
@@ -31,8 +31,8 @@ class VAEConfig:
             raise ValueError(f"img_size must be a multiple of {2**N_STAGES}, got {self.img_size}")
         if min(self.latent_dim, self.hidden, self.img_channels) < 1:
             raise ValueError("latent_dim, hidden and img_channels must be positive")
-        if self.conv_impl not in ("native", "scratch"):
-            raise ValueError(f"conv_impl must be 'native' or 'scratch', got {self.conv_impl!r}")
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"conv_impl must be one of {', '.join(CONV_IMPLS)}, got {self.conv_impl!r}")
 
     @property
     def bottom_size(self) -> int:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models_core.precision import PRECISIONS
+
 REPO = Path(__file__).resolve().parents[1]
 PART_BYTES = 15 * 2**20  # files that come back are at most 16 MiB each
 MAGIC = b"FGBUNDLE1"
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
     t.add_argument("--lr-warmdown", type=float, default=15, metavar="EPOCHS",
                    help="AE/VAE: the LR falls to 0 over the last EPOCHS epochs before the run's end or --minutes, "
                         "whichever comes first; the GAN keeps the seed's constant LR (default: %(default)s)")
-    t.add_argument("--precision", default="bf16", choices=["auto", "fp32", "bf16"])
+    t.add_argument("--precision", default="bf16", choices=PRECISIONS)
     t.add_argument("--n", type=int, default=2000, help="valid faces to score each version on (default: %(default)s)")
     t.add_argument("--work", type=Path, default=Path("/tmp/facegen-gpu"), help="scratch folder (default: %(default)s)")
     t.add_argument("--train-args", nargs=argparse.REMAINDER, default=[], help="passed on to every trainer run")

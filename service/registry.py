@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from models_core.checkpoint import MODEL_NAME_RE, Checkpoint, CheckpointError, CheckpointStore
+from models_core.device import resolve_device
 from models_core.folding import serving_copy
 from models_core.images import decode_images
 from models_core.latent import PcaBasis
@@ -61,7 +62,7 @@ class ServedModel:
 
     @property
     def has_encoder(self) -> bool:
-        return hasattr(self.net, "embed")
+        return self.checkpoint.kind.has_encoder
 
     @property
     def basis(self) -> PcaBasis | None:
@@ -110,7 +111,7 @@ class ModelRegistry:
     def __init__(self, settings: Settings, on_batch=lambda name, n: None, on_drop=lambda name, n: None):
         self.settings = settings
         self.store = CheckpointStore(settings.checkpoint_root)
-        self.device = torch.device(settings.device)
+        self.device = resolve_device(settings.device)
         self.workers = InferencePool(settings.inference_workers or default_workers(self.device, settings.compile))
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
         self.latest: dict[str, ServedModel] = {}

@@ -1,11 +1,10 @@
 """Service configuration from environment variables (prefix FACEGEN_) or a .env file."""
 
 from pathlib import Path
-from typing import Literal
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models_core.precision import PrecisionChoice
 from models_core.projection import DEFAULT_STEPS, DEFAULT_STEPS_FROM_ENCODER
 
 
@@ -14,8 +13,8 @@ class Settings(BaseSettings):
 
     checkpoint_root: Path = Field(Path("checkpoints"), description="checkpoint store to serve from")
     models: list[str] | None = Field(None, description="model names to serve (JSON list); default: every model in the root")
-    device: str = Field("cpu", description="cpu, cuda or cuda:N")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 where the chip has native bf16 "
+    device: str = Field("cpu", description="cpu, cuda, cuda:N, or auto (CUDA where there is one)")
+    precision: PrecisionChoice = Field("auto", description="auto: bf16 where the chip has native bf16 "
                                                            "(CUDA GPUs that support it, CPUs with AVX512-BF16 or AMX), fp32 elsewhere")
     compile: bool = Field(False, description="torch.compile each decoder as it loads: a slower start (~10 s per "
                           "model on a CPU, which needs a C++ compiler), faster forward passes")

@@ -5,7 +5,9 @@ import sys
 from pathlib import Path
 
 from models_core.checkpoint import WEIGHT_DTYPES
+from models_core.conv_transpose import CONV_IMPLS
 from models_core.dcgan import DCGAN_PRESETS
+from models_core.precision import PRECISIONS
 from models_core.vae import VAE_PRESETS
 from trainer.config import MODEL_DEFAULTS, RESUMABLE_OVERRIDES, TrainConfig, default_runs_dir
 
@@ -38,7 +40,7 @@ def train_parser() -> argparse.ArgumentParser:
         help="network size: seed (the study's, default), medium (AE/VAE at 3/4 width: the bundled AE), small (CPU runs), tiny (tests)",
     )
     p.add_argument("--name", help="model name in the checkpoint store (default: the model kind)")
-    p.add_argument("--conv-impl", choices=["native", "scratch"], help="transposed-conv kernel (default: native)")
+    p.add_argument("--conv-impl", choices=CONV_IMPLS, help="transposed-conv kernel (default: native)")
     h = p.add_argument_group("hyperparameters (defaults depend on --model)")
     h.add_argument("--epochs", type=int, help="passes over the training split (VAE/AE 100, GAN 200)")
     h.add_argument("--batch-size", type=int, help="images per step and per GPU (VAE/AE 64, GAN 32)")
@@ -59,7 +61,7 @@ def train_parser() -> argparse.ArgumentParser:
     h.add_argument("--seed", type=int, help="seed for init, data order and noise (default 0)")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", help="auto (CUDA if present, default), cpu, cuda or cuda:N")
-    r.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto (default): bf16 autocast where the chip has native bf16 "
+    r.add_argument("--precision", choices=PRECISIONS, help="auto (default): bf16 autocast where the chip has native bf16 "
                    "(CUDA GPUs that support it, CPUs with AVX512-BF16 or AMX), fp32 elsewhere; the choice and why are logged")
     r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the networks")
     r.add_argument("--max-steps", type=int, help="stop after this many steps in total (default: run all epochs)")

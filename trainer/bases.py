@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from models_core.dcgan import Generator
 from models_core.latent import PcaBasis, sample_prior
-from trainer.data import FaceBatches
+from models_core.images import from_uint8
 
 
 @torch.no_grad()
@@ -14,7 +14,7 @@ def latent_pca(net: nn.Module, faces: torch.Tensor, device: torch.device, batch_
     """PCA of the latent means of held-out faces (the seed's 5000), for AE/VAE `/pca-grid`."""
     net.eval()
     latents = [
-        net.embed(FaceBatches.to_float(faces[i : i + batch_size].to(device), None)).float().cpu()
+        net.embed(from_uint8(faces[i : i + batch_size].to(device)).permute(0, 3, 1, 2)).float().cpu()
         for i in range(0, len(faces), batch_size)
     ]
     return PcaBasis.fit(torch.cat(latents))

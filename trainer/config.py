@@ -8,6 +8,7 @@ from typing import Any
 
 from models_core.checkpoint import WEIGHT_DTYPES
 from models_core.losses import DEFAULT_BETA_KL
+from models_core.precision import PRECISIONS
 from models_core.registry import get_kind
 
 # The seed's recipes. VAE/AE: Adam 5e-4, batch 64, 100 epochs. GAN: Adam 2e-4 betas (0.5, 0.999),
@@ -78,8 +79,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         self.data, self.runs_dir, self.checkpoints = Path(self.data), Path(self.runs_dir), Path(self.checkpoints)
         self.name = self.name or self.model
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.publish_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"publish_dtype must be float32, bfloat16 or float16, got {self.publish_dtype!r}")
         if self.augment and self.model != "gan":

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models_core.images import ImageDecodeError, center_crop_resize, open_image
+from models_core.images import ImageDecodeError, center_crop_resize, from_uint8, open_image
 from trainer.sources import SPLITS, AttributeTable, ImageRef, SourceError, find_source, read_attributes, read_partition
 
 RECIPE = "largest centred square, resized with PIL bicubic (antialiased) to {size}x{size}, EXIF-upright RGB"
@@ -226,9 +226,11 @@ class PackedFaces:
         with np.load(self.root / "attributes.npz", allow_pickle=False) as z:
             return [str(n) for n in z["names"]], z["labels"]
 
-    def held_out(self) -> str:
-        """The split used for evaluation and the PCA basis: valid, else test, else train."""
-        return next((s for s in ("valid", "test") if len(self.splits[s])), "train")
+    def held_out(self, scoring: bool = False) -> str:
+        """A split never trained on: valid for choosing and fitting (PCA bases, versions), test for final
+        scores (`scoring`); the other one where that one is empty, and train only where both are."""
+        order = ("test", "valid") if scoring else ("valid", "test")
+        return next((s for s in order if len(self.splits[s])), "train")
 
 
 class FaceBatches:
@@ -256,7 +258,7 @@ class FaceBatches:
 
     @staticmethod
     def to_float(batch: torch.Tensor, flips: torch.Tensor | None) -> torch.Tensor:
-        x = batch.permute(0, 3, 1, 2).float().div_(127.5).sub_(1)  # (B, 3, H, W) in [-1, 1], channels_last memory
+        x = from_uint8(batch).permute(0, 3, 1, 2)  # (B, 3, H, W), channels_last memory
         if flips is not None:
             x = torch.where(flips.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
         return x

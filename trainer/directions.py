@@ -23,7 +23,6 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from models_core.attributes import AttributeDirection, AttributeDirections, edit_offsets
 from models_core.figures import Renderer
 from models_core.images import from_uint8
-from models_core.registry import get_kind
 from trainer.attribute_classifier import AttributeClassifier, train_classifier
 from trainer.data import PackedFaces
 
@@ -248,9 +247,9 @@ def main(argv: list[str]) -> int:
     for ckpt in ckpts:
         m = ckpt.manifest
         r = Renderer(ckpt, device, precision)
-        if not get_kind(m.kind).has_encoder and labeller is None:
+        gan = not ckpt.kind.has_encoder
+        if gan and labeller is None:
             labeller = classifier(fit, args.seed)
-        gan = not get_kind(m.kind).has_encoder
         directions, report = fit_directions(r, fit, labeller if gan else None, args.seed, args.gan_samples,
                                             held_out=rate if gan else None)
         rater = rater or classifier(rate, args.seed + 1)

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models_core.checkpoint import PRIORS, Checkpoint, CheckpointError, CheckpointStore
+from models_core.device import resolve_device
+from models_core.images import from_uint8, psnr
 from trainer.config import default_checkpoints
-from trainer.data import FaceBatches, PackedFaces, SourceError
+from trainer.data import PackedFaces, SourceError
 from trainer.fid import InceptionUnavailable, fid_from_features, inception_features, kid_from_features, load_inception, real_features
 
 GAUSS = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
@@ -94,13 +96,13 @@ def swd_by_level(fake: torch.Tensor, real: torch.Tensor, seed: int = 0, device="
 
 @torch.no_grad()
 def reconstruction_metrics(net, faces_u8: torch.Tensor, device, batch: int = 250) -> dict[str, float]:
-    sq_err, psnr = [], []
+    sq_err, psnrs = [], []
     for i in tqdm(range(0, len(faces_u8), batch), desc="reconstructing", leave=False):
-        x = FaceBatches.to_float(faces_u8[i : i + batch].to(device), None)
-        err = (net.decode(net.embed(x)).float() - x).pow(2).flatten(1).mean(1)  # per image, [-1, 1] scale
-        sq_err.append(err.cpu())
-        psnr.append((10 * torch.log10(4 / err.clamp_min(1e-10))).cpu())  # [0, 1] scale: mse / 4
-    return {"recon_mse": torch.cat(sq_err).mean().item(), "recon_psnr_db": torch.cat(psnr).mean().item()}
+        x = from_uint8(faces_u8[i : i + batch].to(device)).permute(0, 3, 1, 2)
+        y = net.decode(net.embed(x)).float()
+        sq_err.append((y - x).pow(2).flatten(1).mean(1).cpu())  # per image, [-1, 1] scale
+        psnrs.append(psnr(y, x).cpu())
+    return {"recon_mse": torch.cat(sq_err).mean().item(), "recon_psnr_db": torch.cat(psnrs).mean().item()}
 
 
 @torch.no_grad()
@@ -120,10 +122,10 @@ def evaluate(store: CheckpointStore, name: str, version: int | None, data: Packe
     ckpt = store.load(name, version, device=device)
     prior = ckpt.resolve_prior(prior)
     real_u8 = data.tensor(split, "cpu", limit=n)
-    real = FaceBatches.to_float(real_u8, None)
+    real = from_uint8(real_u8).permute(0, 3, 1, 2)
     fake = generate(ckpt, len(real), device, seed, prior)
     metrics = {"eval_split": split, "eval_n_real": len(real), "eval_data_fingerprint": data.fingerprint}
-    if hasattr(ckpt.model, "embed"):
+    if ckpt.kind.has_encoder:
         metrics.update(reconstruction_metrics(ckpt.model, real_u8, device))
     sampled = {"eval_n_fake": len(fake), "eval_prior": prior, **swd_by_level(fake, real, seed, device)}
     if inception is not None:
@@ -158,10 +160,10 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.n < 16:
         p.error("--n must be at least 16")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
     try:
+        device = resolve_device(args.device)
         data = PackedFaces.open(args.data)
-        split = args.split or next((s for s in ("test", "valid") if len(data.splits[s])), "train")
+        split = args.split or data.held_out(scoring=True)
         if len(data.splits[split]) < 16:
             raise SourceError(f"split {split!r} of {args.data} has {len(data.splits[split])} faces; need at least 16")
         inception, why_not = None, "skipped (--no-fid)"

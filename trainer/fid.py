@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from models_core.images import from_uint8
+
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 TF_RANGE = (-1.0, 0.9921875)
 
@@ -88,14 +90,12 @@ def kid_from_features(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_s
 
 def real_features(net, data, split: str, n: int, device, progress: bool = True) -> np.ndarray:
     """Inception features of a dataset split, cached beside the dataset under its fingerprint."""
-    from trainer.data import FaceBatches
-
     cache = data.root / f"inception_{split}_{n}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             if str(z["fingerprint"]) == data.fingerprint and str(z["inception_sha256"]) == INCEPTION_SHA256:
                 return z["features"]
-    images = FaceBatches.to_float(data.tensor(split, "cpu", limit=n), None)
+    images = from_uint8(data.tensor(split, "cpu", limit=n)).permute(0, 3, 1, 2)
     feats = inception_features(net, images, device, progress=progress)
     tmp = cache.with_name(f".{cache.name}.tmp.npz")
     np.savez(tmp, features=feats.astype(np.float32), fingerprint=data.fingerprint, inception_sha256=INCEPTION_SHA256)

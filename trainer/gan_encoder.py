@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models_core.dcgan import ENCODER_PREFIX, GanEncoder, module_extras
-from models_core.images import from_uint8
-from models_core.projection import feature_distance, psnr
+from models_core.images import from_uint8, psnr
+from models_core.precision import PRECISIONS
+from models_core.projection import feature_distance
 from trainer.data import FaceBatches
 
 LATENT, PIXEL, FEATURES = 1.0, 1.0, 0.5  # loss weights
@@ -148,7 +149,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="real faces (and as many samples) per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = p.parse_args(argv)

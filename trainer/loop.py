@@ -9,9 +9,11 @@ from pathlib import Path
 import torch
 
 from models_core.checkpoint import WEIGHT_DTYPES, CheckpointStore
-from models_core.images import encode_png, image_grid
+from models_core.device import resolve_device
+from models_core.images import encode_png, from_uint8, image_grid
 from models_core.latent import PcaBasis, sample_prior
 from models_core.precision import choose_precision
+from models_core.registry import get_kind
 from trainer.bases import ganspace_basis, latent_pca
 from trainer.config import TrainConfig
 from trainer.data import FaceBatches, PackedFaces
@@ -55,15 +57,15 @@ class StopFlag:
 
 
 def pick_device(name: str, d: Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TrainingError(f"--device {name} was asked for, but this machine has no usable CUDA device")
-        device = torch.device("cuda", d.local_rank) if name == "cuda" else torch.device(name)
+    """The device named by --device; under torchrun plain 'cuda' is this rank's GPU."""
+    try:
+        device = resolve_device(name)
+    except ValueError as e:
+        raise TrainingError(f"--device: {e}") from None
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank) if device.index is None else device
         torch.cuda.set_device(device)
-        return device
-    return torch.device(name)
+    return device
 
 
 def train(cfg: TrainConfig, resume_dir: Path | None = None) -> TrainResult:
@@ -327,8 +329,8 @@ class Trainer:
         if basis is not None:  # AE/VAE: sample as the service does, from the Gaussian of held-out latents
             z = basis.sample(len(z), torch.Generator().manual_seed(self.cfg.seed)).to(self.device)
         grids["samples"] = image_grid(net.decode(z).float(), nrow=8)
-        if hasattr(net, "embed"):
-            faces = FaceBatches.to_float(self.held_out[:32].to(self.device), None)
+        if get_kind(self.cfg.model).has_encoder:
+            faces = from_uint8(self.held_out[:32].to(self.device)).permute(0, 3, 1, 2)
             grids["reconstructions"] = image_grid(torch.cat([faces, net.decode(net.embed(faces)).float()]), nrow=8)
         (self.run_dir / "samples").mkdir(exist_ok=True)
         for tag, grid in grids.items():
@@ -345,7 +347,7 @@ class Trainer:
         net = self.ema.net if self.ema else self.task.inference_net
         was_training = net.training
         net.eval()
-        has_encoder = hasattr(net, "embed")
+        has_encoder = get_kind(self.cfg.model).has_encoder
         basis = self.fit_basis(net) if publish_now or has_encoder else None
         self.write_images(net, basis if has_encoder else None)
         if publish_now:

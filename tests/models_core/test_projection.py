@@ -1,6 +1,7 @@
 import torch
 
-from models_core.projection import Projection, ProjectionConfig, project, psnr
+from models_core.images import psnr
+from models_core.projection import Projection, ProjectionConfig, project
 from tests.conftest import vivid_generator
 
 
