@@ -39,9 +39,8 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
 def serving_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """The network as served: BatchNorm folded into the layers before it, the weights stored in the
     dtype it computes in, and convolution weights channels-last, the layout oneDNN and cuDNN run
-    fastest. Under bf16 autocast an fp32 network has every weight cast on every call: for one face
-    that was most of the work (GAN 10.6 -> 5.7 ms, VAE 47 -> 16 ms on one core of a 2-core EPYC with
-    avx512_bf16; batch 32: 3.8 -> 3.2 and 6.6 -> 4.9 ms a face)."""
+    fastest. Under bf16 autocast an fp32 network has every weight cast on every call, which for one
+    face is most of the work (README, Benchmarks)."""
     net = fold_batchnorm(model).to(dtype=dtype, memory_format=torch.channels_last)
     return net.requires_grad_(False)
 

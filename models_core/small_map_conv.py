@@ -1,10 +1,9 @@
 """Convolutions into or out of a small map, whose weight gradient is one matrix product.
 
 On the CPU, oneDNN (torch 2.14) computes the weight gradient of a k4 s2 convolution between an
-8×8 and a 4×4 map 3-4× slower than the matrix product it amounts to: 443 ms against 156 ms for
-the seed VAE's 512->1024 encoder conv (bf16, batch 64, one core of a 2-core EPYC; fp32 is as
-slow), and the same for the decoder's 1024->512 transposed conv. Those two weight gradients took a
-third of the VAE's training step. Here the forward pass and the input gradient stay with the
+8×8 and a 4×4 map several times slower than the matrix product it amounts to, in bf16 and fp32
+alike (README, Benchmarks): for the seed VAE's 512->1024 encoder conv and the decoder's
+1024->512 transposed conv, a third of the training step. Here the forward pass and the input gradient stay with the
 library, which is fast at every shape, and the weight gradient is the im2col product
     conv:       dW = dY · unfold(X)ᵀ       (dY: C_out × B·L, unfold(X): B·L × C_in·k²)
     transposed: dW = X · unfold(dY)ᵀ       (X: C_in × B·L, unfold(dY): B·L × C_out·k²)
@@ -16,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # Positions of the small map (the conv's output, the transposed conv's input) up to which the weight
-# gradient is a GEMM: 16 is 4×4. At 8×8 the library's own is the faster (100 vs 188 ms above).
+# gradient is a GEMM: 16 is 4×4. At 8×8 the library's own is the faster (bench/roofline.py --before).
 SMALL_MAP_POSITIONS = 16
 
 

@@ -2,8 +2,8 @@
 
 The routes admit each request by the rows it brings (DecodeBatcher.admit). Admission runs in
 front of the whole application, FastAPI's own layers and our middleware included: while a model's
-budget is already spent, a request for it gets its 503 before anything else looks at it (on a
-2-core EPYC, ~0.06 ms of CPU with uvicorn's part, against ~0.4 ms for a trip through the stack).
+budget is already spent, a request for it gets its 503 before anything else looks at it, for a
+fraction of the CPU a trip through the stack costs (README, Benchmarks).
 
 That is still CPU taken from the decoder, and clients retrying the instant they are refused, as
 load generators and naive retry loops do, would spend it without bound. So each 503 is held (a

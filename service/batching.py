@@ -12,8 +12,7 @@ from typing import Callable, ContextManager
 import torch
 
 # Rows that make a second pass worth starting beside a running one. Small passes cost more per face
-# (GAN decode, bf16, one core of a 2-core EPYC: 5.7 ms at batch 1, 4.8 at 8, 3.2 at 32), and each
-# one beside a running pass takes cores from it. At /sample n=1 and 16 connections, half the
+# (README, Benchmarks), and each one beside a running pass takes cores from it. At /sample n=1 and 16 connections, half the
 # passes had one or two rows when every free thread started at once.
 MIN_ROWS_BESIDE = 8
 

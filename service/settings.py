@@ -41,8 +41,7 @@ class Settings(BaseSettings):
     shed_rate: float = Field(200.0, gt=0, description="refusals answered per second at most, over all models: while "
                              "more clients than that are being refused, each refusal is held (clients held) / (this "
                              "rate) seconds instead of the pace (never past its Retry-After), so that however many clients "
-                             "retry at once, answering them takes a bounded share of the CPU (~0.2 ms each under load on "
-                             "a 2-core EPYC: 200 a second are ~4% of it)")
+                             "retry at once, answering them takes a bounded share of the CPU")
     loop_nice: int = Field(0, ge=0, le=19, description="nice value added to the event loop's thread (Linux), so that "
                            "under overload the decoder gets the cores before the loop that parses and refuses requests; "
                            "0 (default) leaves priorities alone. The loop then also yields to every other process on "

@@ -3,10 +3,9 @@
 On a CPU one forward pass spread over every core (one OpenMP team) stalls whenever anything else
 needs a core: the event loop parsing requests, a PNG being encoded. The team meets at a barrier
 after every layer, so one preempted thread holds up the others, which spin waiting for it. Under
-overload on a 2-core EPYC the decoder's two threads then kept 1.26-1.37 cores busy and decoded as
-if it had far fewer. Passes that each run on one core in threads of their own do not wait for each
-other, and a single-threaded convolution is also the more efficient per core (GAN decode, batch 64,
-bf16: 3.9 core-ms per face on one thread, 4.9 on two).
+overload the decoder's threads then kept well under all the cores busy (README, Benchmarks).
+Passes that each run on one core in threads of their own do not wait for each other, and a
+single-threaded convolution is also the more efficient per core.
 
 So there are several inference threads. A pass that starts while no other is running (a lone
 request, light load) uses every core, as before; a pass that starts beside others takes its share.
