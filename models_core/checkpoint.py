@@ -111,6 +111,7 @@ class Manifest:
     data_fingerprint: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_dtype: str = "float32"
+    provenance: dict[str, Any] = field(default_factory=dict)  # where it came from: run folder, promoted from
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -285,6 +286,7 @@ class CheckpointStore:
         metrics: dict[str, Any] | None = None,
         extras: dict[str, torch.Tensor] | None = None,
         dtype: torch.dtype | None = None,
+        provenance: dict[str, Any] | None = None,
     ) -> int:
         """Write a new version atomically and return its number (latest + 1)."""
         model_dir = self.root / validate_model_name(name)
@@ -306,6 +308,7 @@ class CheckpointStore:
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 files=files, step=step, epoch=epoch, data_fingerprint=data_fingerprint,
                 metrics=dict(metrics or {}), weights_dtype=str(next(iter(weights.values())).dtype).removeprefix("torch."),
+                provenance=dict(provenance or {}),
             )
             return self._rename_into_place(tmp, model_dir, manifest)
         finally:
@@ -383,18 +386,22 @@ class CheckpointStore:
 
     def copy_from(self, source: "CheckpointStore", name: str, version: int | None = None,
                   dtype: torch.dtype | None = None, extras: dict[str, torch.Tensor] | None = None,
-                  metrics: dict[str, Any] | None = None) -> int:
-        """Verify a version of `source` and publish it here as this store's next version.
+                  metrics: dict[str, Any] | None = None, as_name: str | None = None) -> int:
+        """Verify a version of `source` and publish it here as this store's next version of `as_name`
+        (default: the same name).
 
-        Step, epoch, data fingerprint, metrics and extra tensors travel with it; the weights keep
-        their dtype unless `dtype` is given. `extras` and `metrics`, when given, replace the source's.
+        Step, epoch, data fingerprint, metrics, provenance and extra tensors travel with it, and the
+        provenance gains where this copy came from; the weights keep their dtype unless `dtype` is
+        given. `extras` and `metrics`, when given, replace the source's.
         """
         ckpt = source.load(name, version)
         m = ckpt.manifest
+        origin = {"store": str(source.root.resolve()), "name": name, "version": m.version}
         return self.publish(
-            name, m.kind, m.config, ckpt.model.state_dict(), step=m.step, epoch=m.epoch,
+            as_name or name, m.kind, m.config, ckpt.model.state_dict(), step=m.step, epoch=m.epoch,
             data_fingerprint=m.data_fingerprint, metrics=m.metrics if metrics is None else metrics,
             extras=ckpt.extras if extras is None else extras, dtype=dtype or WEIGHT_DTYPES.get(m.weights_dtype),
+            provenance=m.provenance | {"copied_from": [*m.provenance.get("copied_from", []), origin]},
         )
 
     def update_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> Manifest:

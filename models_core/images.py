@@ -146,7 +146,7 @@ def open_image(data: bytes, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int =
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"the image is too large to decode safely: {e}") from None
     except Image.UnidentifiedImageError:
-        raise UnsupportedImage("the file is not an image this server reads: send PNG, JPEG or WebP") from None
+        raise UnsupportedImage("the file is not an image: PNG, JPEG and WebP are read") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"the image is truncated or corrupt: {e}") from None
 

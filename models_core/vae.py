@@ -138,6 +138,10 @@ class VAE(nn.Module):
         self.encoder = ConvEncoder(cfg)
         self.fc_mu = nn.Linear(cfg.flat_size, cfg.latent_dim)
         self.fc_logvar = nn.Linear(cfg.flat_size, cfg.latent_dim)
+        # log σ² starts at 0 for every face, where the KL's pull on it is zero: from PyTorch's default
+        # init it spanned ±1.6, and with Adam's first steps (see trainer/config.py) that became ±30.
+        nn.init.zeros_(self.fc_logvar.weight)
+        nn.init.zeros_(self.fc_logvar.bias)
         self.decoder = ConvDecoder(cfg)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

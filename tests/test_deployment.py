@@ -10,13 +10,13 @@ import yaml
 
 from service.app import create_app
 from service.settings import Settings
-from trainer.__main__ import train_parser
-from trainer.config import TrainConfig
+from trainer.__main__ import SUBCOMMANDS, train_parser
+from trainer.config import TrainConfig, served_store
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_VERSIONS = {"ae": 3, "vae": 5, "gan": 4}  # checkpoints/<name>/<version>, tracked in git: one per model
 BUNDLED = tuple(BUNDLED_VERSIONS)
-TRAINER_ENV = {"FACEGEN_CHECKPOINT_ROOT", "FACEGEN_RUNS_DIR"}
+TRAINER_ENV = {"FACEGEN_CHECKPOINT_ROOT", "FACEGEN_RUNS_DIR", "FACEGEN_TRAIN_CHECKPOINTS"}
 
 
 def compose(name="docker-compose.yml"):
@@ -43,16 +43,16 @@ def test_service_matches_the_settings_and_routes():
     assert service["restart"] == "unless-stopped"
 
 
-def test_trainer_writes_the_volume_the_service_reads(monkeypatch):
+def test_the_trainer_trains_into_its_own_store_and_promotes_into_the_volume_the_service_reads(monkeypatch):
     trainer = compose()["services"]["trainer"]
     assert trainer["profiles"] == ["train"] and trainer["entrypoint"] == ["python", "-m", "trainer"]
-    assert "checkpoints:/checkpoints" in trainer["volumes"]  # read-write
+    assert "checkpoints:/checkpoints" in trainer["volumes"]  # read-write: promote writes there
     assert set(trainer["environment"]) <= TRAINER_ENV
     for key, value in trainer["environment"].items():
         monkeypatch.setenv(key, value)
     cfg = TrainConfig(model="gan", data="/data/celeba64")
-    assert str(cfg.checkpoints) == compose()["services"]["service"]["environment"]["FACEGEN_CHECKPOINT_ROOT"]
-    assert str(cfg.runs_dir) == "/runs"
+    assert str(cfg.runs_dir) == "/runs" and str(cfg.checkpoints) == "/runs/checkpoints"  # never the served store
+    assert str(served_store()) == compose()["services"]["service"]["environment"]["FACEGEN_CHECKPOINT_ROOT"]
 
 
 def test_gpu_override_reserves_gpus_and_selects_cuda():
@@ -116,7 +116,7 @@ def test_readme_compose_commands_name_real_services_and_valid_trainer_arguments(
                 i += 1
             assert argv[i] in services, argv
             args = argv[i + 1 :]
-            if argv[i] == "trainer" and args and args[0] != "prepare-data":
+            if argv[i] == "trainer" and args and args[0] not in SUBCOMMANDS:
                 train_parser().parse_args(args)
         for f in [argv[j + 1] for j, a in enumerate(argv) if a == "-f"]:
             assert (ROOT / f).is_file(), f

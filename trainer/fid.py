@@ -9,6 +9,7 @@ then mapped to the network's TF input range [-1, 0.9921875].
 
 import hashlib
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ def load_inception(path: Path | None = None, device: torch.device | str = "cpu")
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     if digest != INCEPTION_SHA256:
         raise InceptionUnavailable(f"{path} has sha256 {digest}, not the FID Inception network ({INCEPTION_SHA256})")
-    return torch.jit.load(str(path), map_location=device).eval()
+    with warnings.catch_warnings():  # the network ships as TorchScript; torch now warns on every jit.load
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.load.*")
+        return torch.jit.load(str(path), map_location=device).eval()
 
 
 @torch.no_grad()

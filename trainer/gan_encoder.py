@@ -129,7 +129,7 @@ refines it from there; projection_steps=0 returns E(x) alone.
 def main(argv: list[str]) -> int:
     from models_core.checkpoint import WEIGHT_DTYPES, CheckpointError, CheckpointStore
     from models_core.precision import choose_precision
-    from trainer.config import default_checkpoints
+    from trainer.config import TRAINING_STORE_HELP, training_store
     from trainer.data import PackedFaces
     from trainer.distributed import Dist
     from trainer.loop import TrainingError, pick_device
@@ -141,8 +141,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data", type=Path, required=True, help="prepared dataset (its train split trains E; 512 held-out "
                    "faces score it)")
     p.add_argument("--version", type=int, help="version whose generator E is for (default: latest)")
-    p.add_argument("--checkpoints", type=Path, default=default_checkpoints(),
-                   help="checkpoint root (default: $FACEGEN_CHECKPOINT_ROOT or checkpoints/)")
+    p.add_argument("--checkpoints", type=Path, default=training_store(), help=TRAINING_STORE_HELP)
     p.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s); Ctrl-C stops "
                    "early and still publishes")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")

@@ -9,9 +9,20 @@ import torch
 from tqdm import tqdm
 
 
+def format_duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 class RunLog:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool, progress: bool):
-        self.enabled = enabled
+    """With progress off, a one-line summary replaces the bar, at most every `summary_every` seconds."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool, progress: bool,
+                 summary_every: float = 30.0):
+        self.enabled, self.total, self.summary_every = enabled, total_steps, summary_every
+        self.quiet = enabled and not progress
+        self.started, self.start_step, self.last_summary = time.monotonic(), start_step, float("-inf")
         self.jsonl = open(run_dir / "metrics.jsonl", "a") if enabled else None
         self.tb = None
         if enabled:
@@ -32,6 +43,16 @@ class RunLog:
             for key, value in values.items():
                 self.tb.add_scalar(key, value, step)
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k != "lr"}, refresh=False)
+        if self.quiet and time.monotonic() - self.last_summary >= self.summary_every:
+            self.last_summary = time.monotonic()
+            self.write(self.summary(step, epoch, values))
+
+    def summary(self, step: int, epoch: int, values: dict[str, float]) -> str:
+        rate = (step - self.start_step) / max(time.monotonic() - self.started, 1e-9)
+        eta = f", {format_duration((self.total - step) / rate)} to go" if rate > 0 and step < self.total else ""
+        shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k not in ("lr", "img_per_s"))
+        speed = f" {values['img_per_s']:.0f} img/s" if "img_per_s" in values else ""
+        return f"step {step}/{self.total} (epoch {epoch}) {shown}{speed}{eta}"
 
     def image(self, tag: str, step: int, grid: np.ndarray) -> None:
         if self.tb:

@@ -21,7 +21,7 @@ from trainer.distributed import Dist, all_gather_tensor, init_distributed, max_o
 from trainer.ema import EMA
 from trainer.log import RunLog
 from trainer.runs import create_run_dir, write_config
-from trainer.schedule import EndPlanner, lr_at
+from trainer.schedule import EndPlanner, lr_at, planned_warmdown, warmup_factor
 from trainer.state import STATE_FILE, load_training_state, save_training_state
 from trainer.tasks import load_optimizer_state, make_task
 
@@ -130,8 +130,9 @@ class Trainer:
         self.store = CheckpointStore(cfg.checkpoints)
         self.fixed_z = sample_prior(64, self.task.inference_net.latent_dim, torch.Generator().manual_seed(cfg.seed)).to(self.device)
         self.step = self.epoch = self.batch = 0
-        self.lr = cfg.lr
+        self.lr = self.current_lr = cfg.lr
         self.published: list[int] = []
+        self.complete = False  # every planned step trained and the final version published
         self.last: dict[str, torch.Tensor] = {}
         self.previous_means: dict[str, float] = {}  # the last logged window, to notice divergence
         self.run_dir: Path | None = None
@@ -149,8 +150,16 @@ class Trainer:
             write_config(self.run_dir, cfg.to_dict() | {"resolved_precision": self.precision.to_dict()})
         total = min(cfg.epochs * len(self.batches), cfg.max_steps or float("inf"))
         self.log = RunLog(self.run_dir, total, self.step, enabled=d.is_main, progress=cfg.progress)
+        if self.complete and self.step >= total:
+            self.log.write(f"run {self.run_dir} is already complete: step {self.step} of {total}, published as "
+                           f"{cfg.name} v{self.published[-1]}; nothing to do (to train on, resume with more --epochs)")
+            self.log.close()
+            return TrainResult(self.run_dir, self.step, self.epoch, [])
+        where = (f"resuming from step {self.step} of {total} (epoch {self.epoch})" if resume_dir is not None
+                 else f"{total} steps")
         self.log.write(f"run {self.run_dir}: {cfg.model} ({cfg.preset}) on {self.device} in {self.precision.name} "
-                       f"({self.precision.reason}), {len(self.batches)} steps/epoch, {total - self.step} steps to go")
+                       f"({self.precision.reason}), {len(self.batches)} steps/epoch, {where}")
+        self.log.write(self.task.metric_legend)
         self.window = MetricWindow(self.device, self.step)
         started = time.monotonic()
         self.deadline = started + 60 * cfg.time_limit if cfg.time_limit else None
@@ -176,6 +185,7 @@ class Trainer:
                 self.log.write(f"--time-limit of {cfg.time_limit:g} min reached at step {self.step}; publishing, "
                                f"resume with --resume {self.run_dir}")
             self.end_of_epoch(publish_now=True)
+            self.complete = self.step >= total
             self.snapshot()
             return TrainResult(self.run_dir, self.step, self.epoch, self.published)
         finally:
@@ -210,15 +220,16 @@ class Trainer:
         end = total
         if warmdown_steps and self.end_planner is not None:
             end = self.planned_end(total)
-            if self.end_planner.since is not None:  # a warm-down longer than the plan falls from where the plan starts
-                warmdown_steps = min(warmdown_steps, max(end - self.end_planner.since[0], 1))
+            since = self.end_planner.since
+            warmdown_steps = planned_warmdown(warmdown_steps, end, since[0] if since else None)
         lr = lr_at(self.step, end, self.cfg.lr, warmdown_steps)
         # Under --time-limit the planned end moves with the measured speed; the LR never climbs back up.
         self.lr = min(lr, self.lr) if self.warming_down else lr
         self.warming_down = self.lr < self.cfg.lr
+        self.current_lr = self.lr * warmup_factor(self.step, self.cfg.lr_warmup)
         for opt in self.task.optimizers().values():
             for group in opt.param_groups:
-                group["lr"] = self.lr
+                group["lr"] = self.current_lr
 
     def planned_end(self, total: int) -> int:
         if self.end_planner is None:
@@ -246,12 +257,16 @@ class Trainer:
         if jumps:
             self.log.write(f"warning: {', '.join(f'{k} {self.previous_means[k]:.4g} -> {means[k]:.4g}' for k in jumps)} "
                            f"between steps {w.last_good_step} and {self.step}: the run may be diverging "
-                           f"(try a lower --lr, or --grad-clip 1.0 if it is off; resume state in {self.run_dir})")
+                           f"({self.divergence_advice()}; resume state in {self.run_dir})")
         self.previous_means = dict(means)
         means["img_per_s"] = w.steps * self.cfg.batch_size * self.dist.world / max(time.perf_counter() - w.t0, 1e-9)
-        means["lr"] = self.lr
+        means["lr"] = self.current_lr
         self.log.scalars(self.step, self.epoch, means)
         w.reset(self.step)
+
+    def divergence_advice(self) -> str:
+        lower = f"try a lower --lr (now {self.cfg.lr:g})"
+        return f"{lower}, or --grad-clip 1.0" if not self.cfg.grad_clip else f"{lower}; gradients are already clipped at {self.cfg.grad_clip:g}"
 
     # --- resume state ------------------------------------------------------------------------
 
@@ -266,6 +281,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.task.optimizers().items()},
             "ema": self.ema.state_dict() if self.ema else None,
             "rng": rng, "config": self.cfg.to_dict(), "data_fingerprint": self.data.fingerprint,
+            "complete": self.complete,
         })
 
     def gather_rng(self) -> dict:
@@ -287,13 +303,12 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
         self.published = list(state["published"])
+        self.complete = state.get("complete", False)
         self.restore_rng(state["rng"])
 
     def restore_rng(self, rng: dict) -> None:
         d = self.dist
-        # States written before snapshots held every rank's RNG have rank 0's alone, as "cpu"/"cuda".
-        cpu = rng.get("cpu_ranks") or [rng["cpu"]]
-        cuda = rng.get("cuda_ranks") or ([rng["cuda"]] if rng.get("cuda") is not None else None)
+        cpu, cuda = rng["cpu_ranks"], rng["cuda_ranks"]
         # A state from a run with another number of ranks: rank 0 continues exactly, the others reseed.
         rank = d.rank if len(cpu) == d.world else 0 if d.is_main else None
         if rank is None:
@@ -317,7 +332,7 @@ class Trainer:
             cfg.name, cfg.model, cfg.network_config, net.state_dict(), step=self.step, epoch=self.epoch,
             data_fingerprint=self.data.fingerprint, metrics={k: float(v) for k, v in self.last.items()},
             extras=basis.to_tensors() | self.task.publish_extras(WEIGHT_DTYPES[cfg.publish_dtype]),
-            dtype=WEIGHT_DTYPES[cfg.publish_dtype],
+            dtype=WEIGHT_DTYPES[cfg.publish_dtype], provenance={"run": str(self.run_dir.resolve())},
         )
         self.published.append(version)
         self.log.write(f"published {cfg.name} v{version} (step {self.step}) to {self.store.path(cfg.name, version)}")

@@ -32,7 +32,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--size", type=int, default=64, help="output side in pixels (default: %(default)s)")
     p.add_argument("--partition", type=Path, help="list_eval_partition.txt, if not found beside the images")
     p.add_argument("--attributes", type=Path, help="list_attr_celeba.txt, if not found beside the images or in Anno/")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split when no partition file exists (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split when no partition file is used (default: %(default)s)")
+    p.add_argument("--random-split", action="store_true", help="ignore any partition file: a seeded 80/10/10 split "
+                   "(for a partial download whose partition puts every face in train)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all CPU cores)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images (for quick runs)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -42,7 +44,8 @@ def main(argv: list[str]) -> int:
         p.error("--size must be at least 8")
     try:
         report = prepare_data(args.source, args.out, size=args.size, workers=args.workers, seed=args.seed,
-                              partition=args.partition, attributes=args.attributes, overwrite=args.overwrite, limit=args.limit, progress=args.progress)
+                              partition=args.partition, attributes=args.attributes, overwrite=args.overwrite, limit=args.limit,
+                              progress=args.progress, random_split=args.random_split)
     except SourceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -52,6 +55,14 @@ def main(argv: list[str]) -> int:
         a = report["attributes"]
         print(f"attribute labels for {a['n_labelled']} faces ({', '.join(f'{k} {v}' for k, v in a['n_labelled_by_split'].items())}) "
               f"from {a['file']}")
+    empty = [s for s in ("valid", "test") if not report["splits"][s]]
+    if empty:
+        print(f"warning: no {' and no '.join(empty)} faces. " + (
+            "Nothing is held out: PCA bases will be fitted on training faces, and evaluate refuses to score "
+            "training faces unless given --on-training-faces. " if len(empty) == 2 else
+            f"Held-out work uses the {'test' if empty == ['valid'] else 'valid'} split alone. ") +
+            ("The partition file puts every face in train; --random-split holds out 10% + 10% instead."
+             if report["split_kind"] == "official" and len(empty) == 2 else ""), file=sys.stderr)
     if report["unlisted_in_partition"]:
         print(f"note: {report['unlisted_in_partition']} images were not in the partition file and went to train")
     if report["n_skipped"]:

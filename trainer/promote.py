@@ -4,15 +4,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from models_core.checkpoint import WEIGHT_DTYPES, CheckpointError, CheckpointStore
-from trainer.config import default_checkpoints
+from models_core.checkpoint import WEIGHT_DTYPES, CheckpointError, CheckpointStore, validate_model_name
+from trainer.config import served_store, training_store
 
 DESCRIPTION = """\
-Copy a published version (a training run's store, say) into the store the service reads. The
-version is verified first, and lands as the destination's next version, so a running service
-picks it up on its next poll. Step, epoch, data fingerprint and metrics travel with it.
+Copy a published version from the trainer's store into the store the service reads: the one step
+by which a trained model goes live. The version is verified first, and lands as the destination's
+next version, so a running service picks it up on its next poll. Step, epoch, data fingerprint,
+metrics and provenance travel with it; the manifest records which store and version it came from.
 
-  python -m trainer promote --model gan --from /scratch/checkpoints --version 12 --dtype bfloat16
+  python -m trainer promote --model gan                                   # the latest, as 'gan'
+  python -m trainer promote --model gansig --as gan --version 12 --dtype bfloat16
 """
 
 
@@ -20,19 +22,26 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer promote", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model name in the source store")
-    p.add_argument("--from", dest="source", type=Path, required=True, help="source checkpoint root")
+    p.add_argument("--as", dest="as_name", metavar="NAME", help="name in the destination store (default: the same)")
+    p.add_argument("--from", dest="source", type=Path, default=training_store(),
+                   help="source store (default: the trainer's, $FACEGEN_TRAIN_CHECKPOINTS or RUNS_DIR/checkpoints)")
     p.add_argument("--version", type=int, help="version to copy (default: the source's latest)")
-    p.add_argument("--to", type=Path, default=default_checkpoints(),
-                   help="destination checkpoint root (default: $FACEGEN_CHECKPOINT_ROOT or checkpoints/)")
+    p.add_argument("--to", type=Path, default=served_store(),
+                   help="destination store (default: the served one, $FACEGEN_CHECKPOINT_ROOT or checkpoints/)")
     p.add_argument("--dtype", choices=sorted(WEIGHT_DTYPES), help="cast the weights (default: keep the source's dtype)")
     args = p.parse_args(argv)
     if args.source.resolve() == args.to.resolve():
         p.error("--from and --to are the same store")
     try:
-        version = CheckpointStore(args.to).copy_from(
-            CheckpointStore(args.source), args.model, args.version, WEIGHT_DTYPES.get(args.dtype))
-    except CheckpointError as e:
+        if args.as_name:
+            validate_model_name(args.as_name)
+        source = CheckpointStore(args.source)
+        version = source.resolve(args.model, args.version)
+        promoted = CheckpointStore(args.to).copy_from(source, args.model, version, WEIGHT_DTYPES.get(args.dtype),
+                                                      as_name=args.as_name)
+    except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"promoted {args.model} from {args.source} to {args.to} as version {version}")
+    name = args.as_name or args.model
+    print(f"promoted {args.model} v{version} from {args.source} to {args.to} as {name} v{promoted}")
     return 0

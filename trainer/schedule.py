@@ -1,5 +1,10 @@
-"""The learning-rate schedule: constant (the seed's), or ending in a linear warm-down to 0 at the run's end,
-which under --time-limit is planned from the measured speed."""
+"""The learning-rate schedule: constant (the seed's), after an optional linear warm-up, and optionally ending
+in a linear warm-down to 0 at the run's end, which under --time-limit is planned from the measured speed."""
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """A linear rise over the first `warmup_steps` steps: (step + 1) / warmup_steps, then 1."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
 
 
 def lr_at(step: int, end: int, lr: float, warmdown_steps: int) -> float:
@@ -7,6 +12,11 @@ def lr_at(step: int, end: int, lr: float, warmdown_steps: int) -> float:
     if warmdown_steps <= 0:
         return lr
     return lr * min(1.0, max(end - step, 0) / warmdown_steps)
+
+
+def planned_warmdown(warmdown_steps: int, end: int, plan_start: int | None) -> int:
+    """A warm-down longer than a time plan leaves falls from where the plan starts, not in a cliff there."""
+    return warmdown_steps if plan_start is None else min(warmdown_steps, max(end - plan_start, 1))
 
 
 class EndPlanner:

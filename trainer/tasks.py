@@ -19,8 +19,8 @@ def clip(module: nn.Module, max_norm: float) -> None:
 
 
 def adam(module: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
-    # The fused kernel: one pass over each tensor instead of ~10. On the CPU the default loop took
-    # 160 ms a step for the seed VAE's 27 M parameters (one core of a 2-core EPYC), fused 21 ms.
+    # The fused kernel: one pass over each tensor instead of ~10; on the CPU the default per-tensor
+    # loop took several times longer (README, Benchmarks).
     return torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
 
 
@@ -55,6 +55,10 @@ class AutoencoderTask:
         self.net, self.run = prepare(build_model(cfg.model, cfg.network_config), cfg, device, d)
         self.opt = adam(self.net, cfg)
         self.is_vae = cfg.model == "vae"
+        self.metric_legend = (
+            "metrics: loss = squared error summed over each image's pixels + beta_kl·kl (per image); "
+            "recon = per-pixel MSE on the [-1, 1] scale; kl = nats per image" if self.is_vae else
+            "metrics: loss = recon = per-pixel MSE on the [-1, 1] scale")
 
     @property
     def inference_net(self) -> nn.Module:
@@ -96,6 +100,8 @@ class GANTask:
         self.D, self.run_D = prepare(Discriminator(cfg.network_config), cfg, device, d)
         self.opt_G, self.opt_D = adam(self.G, cfg), adam(self.D, cfg)
         self.view = diff_augment if cfg.augment else (lambda x: x)  # what D sees of an image
+        self.metric_legend = ("metrics: loss_D, loss_G = the non-saturating losses (nats per image); "
+                              "D_x, D_G_z = the discriminator's mean probability of 'real'")
 
     @property
     def inference_net(self) -> nn.Module:

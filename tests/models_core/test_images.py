@@ -81,7 +81,7 @@ def test_decode_rejects_non_images(data, message):
 @pytest.mark.parametrize("fmt", ["TIFF", "BMP", "GIF", "ICO"])
 def test_only_png_jpeg_and_webp_decoders_see_uploads(fmt):
     image = Image.new("RGB", (32, 32), (200, 30, 30))
-    with pytest.raises(ImageDecodeError, match="send PNG, JPEG or WebP"):
+    with pytest.raises(ImageDecodeError, match="PNG, JPEG and WebP are read"):
         decode_image(png_bytes(image, fmt=fmt))
 
 

@@ -70,3 +70,22 @@ def test_evaluate_cli_writes_metrics_into_the_manifest(tmp_path, packed):
     assert proc.returncode == 1 and "no fitted latent Gaussian" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_trainer("evaluate", "--model", "nope", "--data", packed, "--checkpoints", store.root, cwd=tmp_path)
     assert proc.returncode == 1 and "no published versions of model 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_scores_training_faces_only_when_asked_and_says_when_n_is_capped(tmp_path, packed):
+    store = CheckpointStore(tmp_path / "ckpt")
+    publish_tiny(store, "vae")
+    common = ["--model", "vae", "--checkpoints", store.root, "--no-fid"]
+    proc = run_trainer("evaluate", *common, "--data", packed, "--split", "train", "--n", "16", cwd=tmp_path)
+    assert proc.returncode == 1 and "--on-training-faces" in proc.stderr and "Traceback" not in proc.stderr
+    assert "eval_split" not in store.read_manifest("vae").metrics
+
+    proc = run_trainer("evaluate", *common, "--data", packed, "--split", "train", "--on-training-faces", "--n", "16",
+                       cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "scored against TRAINING faces" in proc.stderr and "eval_split=train" in proc.stdout
+    assert store.read_manifest("vae").metrics["eval_split"] == "train"
+
+    proc = run_trainer("evaluate", *common, "--data", packed, "--n", "2000", cwd=tmp_path)  # 16 test faces
+    assert proc.returncode == 0, proc.stderr
+    assert "--n 2000 capped at 16" in proc.stderr and "eval_n_real=16" in proc.stdout

@@ -168,3 +168,30 @@ def test_the_attribute_file_can_be_named_and_is_reported(tmp_path):
     assert "attribute labels for 1 faces (train 0, valid 1, test 0)" in proc.stdout
     proc = run_trainer("prepare-data", tmp_path / "src", "--out", tmp_path / "o2", "--attributes", tmp_path / "nope.txt", cwd=tmp_path)
     assert proc.returncode == 1 and "attribute file" in proc.stderr and "does not exist" in proc.stderr
+
+
+# --- what a new user trips on -------------------------------------------------------------------
+
+def test_a_partition_that_holds_nothing_out_is_warned_about_and_can_be_replaced(tmp_path):
+    write_celeba(tmp_path / "src", 20)
+    (tmp_path / "src" / "list_eval_partition.txt").write_text("".join(f"{i:06d}.jpg 0\n" for i in range(1, 21)))
+    proc = run_trainer("prepare-data", tmp_path / "src", "--out", tmp_path / "all-train", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "train 20, valid 0, test 0" in proc.stdout
+    assert "warning: no valid and no test faces" in proc.stderr and "--random-split" in proc.stderr
+    proc = run_trainer("prepare-data", tmp_path / "src", "--out", tmp_path / "held-out", "--random-split", "--no-progress",
+                       cwd=tmp_path)
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+    data = PackedFaces.open(tmp_path / "held-out")
+    assert (len(data.splits["train"]), len(data.splits["valid"]), len(data.splits["test"])) == (16, 2, 2)
+
+
+def test_a_raw_zip_given_as_data_gets_advice_that_does_not_write_onto_it(tmp_path):
+    write_celeba(tmp_path / "src", 3)
+    zip_folder(tmp_path / "src", tmp_path / "img_align_celeba.zip")
+    with pytest.raises(SourceError) as e:
+        PackedFaces.open(tmp_path / "img_align_celeba.zip")
+    assert f"prepare-data {tmp_path / 'img_align_celeba.zip'} --out {tmp_path / 'img_align_celeba-64'}" in str(e.value)
+    assert f"--data {tmp_path / 'img_align_celeba-64'}" in str(e.value)
+    with pytest.raises(SourceError, match=f"prepare-data SOURCE --out {tmp_path / 'new'}"):
+        PackedFaces.open(tmp_path / "new")
