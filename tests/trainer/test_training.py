@@ -367,3 +367,15 @@ def test_divergence_advice_matches_the_run():
     advice = lambda clip: Trainer.divergence_advice(SimpleNamespace(cfg=SimpleNamespace(lr=5e-4, grad_clip=clip)))  # noqa: E731
     assert advice(0.0) == "try a lower --lr (now 0.0005), or --grad-clip 1.0"
     assert advice(1.0) == "try a lower --lr (now 0.0005); gradients are already clipped at 1"
+
+
+def test_the_seed_vae_starts_without_a_kl_spike(tmp_path, packed):
+    # From PyTorch's default init and the seed's Adam 5e-4, three steps took the KL to ~1e11 nats:
+    # a log-variance head with 16,384 inputs, each weight moved ~lr the same way by Adam.
+    proc = run_trainer("--model", "vae", "--data", packed, "--max-steps", "6", "--batch-size", "16", "--log-every", "1",
+                       "--no-progress", "--pca-samples", "16", "--runs-dir", tmp_path / "runs", "--checkpoints",
+                       tmp_path / "ckpt", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    kl = [json.loads(line)["kl"] for line in (run_dir(tmp_path, "vae") / "metrics.jsonl").read_text().splitlines()]
+    assert len(kl) == 6 and max(kl) < 1e3, kl
+    assert "may be diverging" not in proc.stdout
