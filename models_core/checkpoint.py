@@ -10,7 +10,6 @@ renaming it into place, so readers see a whole version or none, and a crash mid-
 the earlier versions untouched. Nothing here unpickles: weights are safetensors, metadata JSON.
 """
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -21,13 +20,14 @@ import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models_core.atomic_files import atomic_path, atomic_write_bytes, claim_next_number, fsync_dir, fsync_tree
 from models_core.attributes import AttributeDirections
 from models_core.dcgan import discriminator_from_extras, encoder_from_extras
 from models_core.latent import PcaBasis, sample_prior
@@ -50,36 +50,7 @@ class CheckpointError(Exception):
     """A version that cannot be published or loaded; the message names the file and the problem."""
 
 
-# --- atomic file helpers (also what the trainer uses for its resume state) --------------------
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success fsync it and rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+# --- files ------------------------------------------------------------------------------------
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None):
@@ -315,22 +286,23 @@ class CheckpointStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _rename_into_place(self, tmp: Path, model_dir: Path, manifest: Manifest) -> int:
-        # Another publisher may take the number we picked; the rename then fails and we retry.
-        for _ in range(100):
-            manifest.version = (self.latest(manifest.name) or 0) + 1
+        def claim(version: int) -> bool:  # another publisher may take the number first: the rename then fails
+            manifest.version = version
             (tmp / MANIFEST_FILE).write_text(manifest.to_json())
             for p in tmp.iterdir():
                 p.chmod(0o644)  # safetensors writes 0600; a service running as another user must read them
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
-            fsync_dir(tmp)
+            fsync_tree(tmp)
             try:
-                os.rename(tmp, model_dir / f"{manifest.version:06d}")
+                os.rename(tmp, model_dir / f"{version:06d}")
             except OSError:
-                continue
+                return False
             fsync_dir(model_dir)
-            return manifest.version
-        raise CheckpointError(f"{model_dir}: could not claim a version number after 100 attempts")
+            return True
+
+        try:
+            return claim_next_number(lambda: (self.latest(manifest.name) or 0) + 1, claim)
+        except RuntimeError as e:
+            raise CheckpointError(f"{model_dir}: {e}") from None
 
     @staticmethod
     def _check_weights_fit(kind: str, config: dict, weights: dict[str, torch.Tensor]) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models_core.atomic_files import replace_dir
 from models_core.images import ImageDecodeError, center_crop_resize, from_uint8, open_image
 from trainer.sources import SPLITS, AttributeTable, ImageRef, SourceError, find_source, read_attributes, read_partition
 
@@ -177,16 +178,6 @@ def compact(path: Path, n: int) -> None:
     small.flush()
     del small, full
     os.replace(small_path, path)
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(target, old)
-    os.rename(new, target)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --- training-time access ---------------------------------------------------------------------

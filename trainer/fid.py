@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from models_core.atomic_files import atomic_path
 from models_core.images import from_uint8
 
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
@@ -100,7 +101,6 @@ def real_features(net, data, split: str, n: int, device, progress: bool = True) 
                 return z["features"]
     images = from_uint8(data.tensor(split, "cpu", limit=n)).permute(0, 3, 1, 2)
     feats = inception_features(net, images, device, progress=progress)
-    tmp = cache.with_name(f".{cache.name}.tmp.npz")
-    np.savez(tmp, features=feats.astype(np.float32), fingerprint=data.fingerprint, inception_sha256=INCEPTION_SHA256)
-    tmp.replace(cache)
+    with atomic_path(cache) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+        np.savez(f, features=feats.astype(np.float32), fingerprint=data.fingerprint, inception_sha256=INCEPTION_SHA256)
     return feats

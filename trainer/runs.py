@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+from models_core.atomic_files import atomic_write_bytes, claim_next_number
 from trainer.state import STATE_FILE
 
 RUN_RE = re.compile(r"^(\d{5})-(.+)$")
@@ -12,14 +13,18 @@ RUN_RE = re.compile(r"^(\d{5})-(.+)$")
 
 def create_run_dir(runs_dir: Path, name: str) -> Path:
     runs_dir.mkdir(parents=True, exist_ok=True)
-    while True:
-        numbers = [int(m.group(1)) for p in runs_dir.iterdir() if (m := RUN_RE.match(p.name))]
-        path = runs_dir / f"{max(numbers, default=0) + 1:05d}-{name}"
+
+    def next_number() -> int:
+        return max((int(m.group(1)) for p in runs_dir.iterdir() if (m := RUN_RE.match(p.name))), default=0) + 1
+
+    def claim(n: int) -> bool:
         try:
-            path.mkdir()  # fails if another process claimed the number first
-            return path
+            (runs_dir / f"{n:05d}-{name}").mkdir()  # fails if another process claimed the number first
+            return True
         except FileExistsError:
-            continue
+            return False
+
+    return runs_dir / f"{claim_next_number(next_number, claim):05d}-{name}"
 
 
 def latest_resumable_run(runs_dir: Path, name: str) -> Path | None:
@@ -31,7 +36,7 @@ def latest_resumable_run(runs_dir: Path, name: str) -> Path | None:
 
 
 def write_config(run_dir: Path, config: dict) -> None:
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_bytes(run_dir / "config.json", (json.dumps(config, indent=2) + "\n").encode())
 
 
 def read_config(run_dir: Path) -> dict:
