@@ -2,13 +2,29 @@
 
 import argparse
 import logging
+from typing import Literal, get_args, get_origin
 
 import uvicorn
+from pydantic import ValidationError
 
 from models_core.device import resolve_device
-from models_core.precision import PRECISIONS
 from service.app import create_app
 from service.settings import Settings
+
+
+# Settings every deployment sets; the rest are environment variables only (README lists them all).
+CLI_SETTINGS = ("checkpoint_root", "host", "port", "device", "precision", "compile")
+
+
+def add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    """An option for a Settings field, with the field's own description and default."""
+    field = Settings.model_fields[name]
+    flag = "--" + name.replace("_", "-")
+    if field.annotation is bool:
+        parser.add_argument(flag, action="store_true", default=None, help=field.description)
+        return
+    choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+    parser.add_argument(flag, choices=choices, help=f"{field.description} (default: {field.default})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,17 +32,13 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m service",
         description="Serve facegen models over HTTP. Every option can also be set as an environment "
                     "variable FACEGEN_<NAME> (e.g. FACEGEN_CHECKPOINT_ROOT); options win.")
-    parser.add_argument("--checkpoint-root", help="checkpoint store to serve (default: checkpoints)")
-    parser.add_argument("--host", help="interface to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default: 8000)")
-    parser.add_argument("--device", help="cpu (default), cuda, cuda:N, or auto (CUDA where there is one)")
-    parser.add_argument("--precision", choices=PRECISIONS,
-                        help="auto (default): bf16 where the chip has native bf16 (CUDA GPUs that support it, "
-                             "CPUs with AVX512-BF16 or AMX), fp32 elsewhere; the choice and why are logged at start-up")
-    parser.add_argument("--compile", action="store_true", default=None,
-                        help="torch.compile each decoder as it loads: slower start, faster forward passes")
+    for name in CLI_SETTINGS:
+        add_setting(parser, name)
     args = parser.parse_args(argv)
-    settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
+    try:
+        settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
+    except ValidationError as e:
+        parser.error("; ".join(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}" for err in e.errors()))
     try:
         resolve_device(settings.device)
     except ValueError as e:

@@ -20,8 +20,8 @@ class Settings(BaseSettings):
                           "model on a CPU, which needs a C++ compiler), faster forward passes")
     access_log: bool = Field(False, description="one log line per request; /metrics counts requests by route, "
                              "model and status either way, and under load the lines cost CPU the models could use")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="interface to bind (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port")
     max_batch: int = Field(64, ge=1, description="most images decoded in one forward pass (a larger request is decoded "
                            "alone); on a CPU 64 decodes as fast per image as 256 with a quarter of the memory, "
                            "a GPU may want more")

@@ -13,9 +13,8 @@ from models_core.vae import VAE_PRESETS
 from trainer.config import MODEL_DEFAULTS, RESUMABLE_OVERRIDES, TRAINING_STORE_HELP, TrainConfig, default_runs_dir
 
 TRAIN_DESCRIPTION = """\
-Train an autoencoder, VAE or DCGAN on a prepared CelebA-64 dataset and publish versions into a
-checkpoint store. Defaults are the seed study's: VAE/AE Adam 5e-4, batch 64, beta_KL 0.03,
-100 epochs, VAE grad-norm clip 1.0; GAN Adam 2e-4 betas (0.5, 0.999), batch 32, grad-norm clip 1.0, EMA of G, 200 epochs.
+Train an autoencoder, VAE or DCGAN on a prepared CelebA-64 dataset and publish versions into the
+trainer's checkpoint store. Defaults are the seed study's recipes (each option below gives them).
 
 Other commands:
   python -m trainer prepare-data SOURCE --out DIR   pack CelebA into a 64×64 uint8 dataset
@@ -27,6 +26,16 @@ Other commands:
 Multi-GPU: torchrun --standalone --nproc_per_node=N -m trainer --model gan --data DIR
 Multi-node: torchrun --nnodes=M --nproc_per_node=N --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m trainer ...
 """
+
+
+def default(key: str):
+    return TrainConfig.__dataclass_fields__[key].default
+
+
+def per_model(key: str) -> str:
+    """A per-model default as help text: 'AE 0, VAE 100, GAN 0'."""
+    show = lambda v: " ".join(map(str, v)) if isinstance(v, tuple) else "on" if v is True else "off" if v is False else str(v)  # noqa: E731
+    return ", ".join(f"{model.upper()} {show(values[key])}" for model, values in MODEL_DEFAULTS.items())
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -41,27 +50,27 @@ def train_parser() -> argparse.ArgumentParser:
         help="network size: seed (the study's, default), medium (AE/VAE at 3/4 width: the bundled AE), small (CPU runs), tiny (tests)",
     )
     p.add_argument("--name", help="model name in the checkpoint store (default: the model kind)")
-    p.add_argument("--conv-impl", choices=CONV_IMPLS, help="transposed-conv kernel (default: native)")
+    p.add_argument("--conv-impl", choices=CONV_IMPLS, help=f"transposed-conv kernel (default: {default('conv_impl')})")
     h = p.add_argument_group("hyperparameters (defaults depend on --model)")
-    h.add_argument("--epochs", type=int, help="passes over the training split (VAE/AE 100, GAN 200)")
-    h.add_argument("--batch-size", type=int, help="images per step and per GPU (VAE/AE 64, GAN 32)")
-    h.add_argument("--lr", type=float, help="Adam learning rate (VAE/AE 5e-4, GAN 2e-4)")
+    h.add_argument("--epochs", type=int, help=f"passes over the training split ({per_model('epochs')})")
+    h.add_argument("--batch-size", type=int, help=f"images per step and per GPU ({per_model('batch_size')})")
+    h.add_argument("--lr", type=float, help=f"Adam learning rate ({per_model('lr')})")
     h.add_argument("--lr-warmup", type=int, metavar="STEPS", help="let the learning rate rise linearly over the first "
-                   "STEPS steps (VAE 100: without it the seed VAE's KL reached 1e11 in its first steps; AE/GAN 0)")
+                   f"STEPS steps ({per_model('lr_warmup')}; without it the seed VAE's KL reached 1e11 in its first steps)")
     h.add_argument("--lr-warmdown", type=float, metavar="EPOCHS",
-                   help="let the learning rate fall linearly to 0 over the last EPOCHS epochs of the run (default 0: "
-                        "constant, the seed's); may be set when resuming, to end a run with a warm-down. Under --time-limit "
+                   help="let the learning rate fall linearly to 0 over the last EPOCHS epochs of the run (default "
+                        f"{default('lr_warmdown'):g}: constant, the seed's); may be set when resuming, to end a run with a warm-down. Under --time-limit "
                         "the warm-down ends at the time limit when that comes first (planned from the speed so far)")
-    h.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="Adam betas (VAE/AE 0.9 0.999, GAN 0.5 0.999)")
-    h.add_argument("--beta-kl", type=float, help="weight of the KL term for --model vae (default 0.03)")
-    h.add_argument("--grad-clip", type=float, help="max gradient norm, 0 disables (GAN and VAE 1.0, AE off)")
-    h.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="publish an EMA of the weights (GAN on, VAE/AE off)")
-    h.add_argument("--ema-decay", type=float, help="EMA decay per step (default 0.999)")
+    h.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), help=f"Adam betas ({per_model('betas')})")
+    h.add_argument("--beta-kl", type=float, help=f"weight of the KL term for --model vae (default {default('beta_kl')})")
+    h.add_argument("--grad-clip", type=float, help=f"max gradient norm, 0 disables ({per_model('grad_clip')})")
+    h.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help=f"publish an EMA of the weights ({per_model('ema')})")
+    h.add_argument("--ema-decay", type=float, help=f"EMA decay per step (default {default('ema_decay')})")
     h.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="GAN: DiffAugment (colour, translation, cutout) on every image the discriminator sees, real "
                         "or fake; against a discriminator that memorises a small dataset (default off: the seed's recipe)")
     h.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips (default on)")
-    h.add_argument("--seed", type=int, help="seed for init, data order and noise (default 0)")
+    h.add_argument("--seed", type=int, help=f"seed for init, data order and noise (default {default('seed')})")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", help="auto (CUDA if present, default), cpu, cuda or cuda:N")
     r.add_argument("--precision", choices=PRECISIONS, help="auto (default): bf16 autocast where the chip has native bf16 "
@@ -71,15 +80,15 @@ def train_parser() -> argparse.ArgumentParser:
     r.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="train at most this many minutes, then publish and save the resume state as at the end "
                         "(for a lease or a session of fixed length; --resume goes on from there)")
-    r.add_argument("--log-every", type=int, help="steps between metric lines (default 50)")
+    r.add_argument("--log-every", type=int, help=f"steps between metric lines (default {default('log_every')})")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     o = p.add_argument_group("outputs")
     o.add_argument("--runs-dir", type=Path, help="where run folders go (default: $FACEGEN_RUNS_DIR or runs/)")
     o.add_argument("--checkpoints", type=Path, help=TRAINING_STORE_HELP + "; 'promote' copies a version into the served store")
-    o.add_argument("--ckpt-every", type=int, help="steps between resume-state snapshots (default 500)")
+    o.add_argument("--ckpt-every", type=int, help=f"steps between resume-state snapshots (default {default('ckpt_every')})")
     o.add_argument("--publish-every", type=int, help="epochs between published versions; 0 = only at the end (default)")
-    o.add_argument("--publish-dtype", choices=sorted(WEIGHT_DTYPES), help="dtype of published weights (default float32)")
-    o.add_argument("--pca-samples", type=int, help="held-out faces (AE/VAE) or random z (GAN) for the published PCA basis (default 5000)")
+    o.add_argument("--publish-dtype", choices=sorted(WEIGHT_DTYPES), help=f"dtype of published weights (default {default('publish_dtype')})")
+    o.add_argument("--pca-samples", type=int, help=f"held-out faces (AE/VAE) or random z (GAN) for the published PCA basis (default {default('pca_samples')})")
     o.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                    help="continue the latest run of this --name (or RUN_DIR) from its last snapshot")
     return p
