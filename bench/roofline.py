@@ -21,7 +21,7 @@ from hardware import describe
 from models_core import small_map_conv
 from models_core.folding import serving_copy
 from models_core.precision import PRECISIONS, choose_precision
-from models_core.registry import build_model, get_kind
+from models_core.kinds import build_model, get_kind
 from trainer.config import TrainConfig
 from trainer.tasks import make_task
 

@@ -25,7 +25,7 @@ from torchvision import transforms
 from models_core.dcgan import Discriminator, Generator
 from models_core.losses import vae_loss
 from models_core.precision import PRECISIONS, choose_precision
-from models_core.registry import build_model
+from models_core.kinds import build_model
 from trainer.config import TrainConfig
 from trainer.data import FaceBatches, PackedFaces
 from trainer.tasks import make_task

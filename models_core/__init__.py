@@ -9,5 +9,5 @@ from models_core.dcgan import DCGAN_PRESETS, DCGANConfig, Discriminator, Generat
 from models_core.images import ImageDecodeError, decode_image, encode_png, image_grid
 from models_core.latent import PcaBasis, interpolation_path, latent_sweep, lerp, sample_prior, slerp
 from models_core.losses import discriminator_loss, generator_loss, kl_divergence, vae_loss
-from models_core.registry import MODEL_KINDS, build_model
+from models_core.kinds import MODEL_KINDS, build_model
 from models_core.vae import VAE, VAE_PRESETS, Autoencoder, VAEConfig

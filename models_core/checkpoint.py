@@ -31,7 +31,7 @@ from models_core.atomic_files import atomic_path, atomic_write_bytes, claim_next
 from models_core.attributes import AttributeDirections
 from models_core.dcgan import discriminator_from_extras, encoder_from_extras
 from models_core.latent import PcaBasis, sample_prior
-from models_core.registry import ModelKind, build_model, get_kind
+from models_core.kinds import ModelKind, build_model, get_kind
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"

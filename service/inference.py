@@ -28,7 +28,8 @@ def compile_decoder(model: torch.nn.Module, device: torch.device, autocast, labe
 
     # Dynamo keeps its graphs on the code object, and frozen weights make a graph per model. Were
     # every version of a model to share Generator.decode's code object, hot-swapped versions would
-    # pile up there until dynamo's recompile limit silently left the new ones eager.
+    # pile up there until dynamo's recompile limit silently left the new ones eager. torch offers no
+    # public way to give a function its own graph cache, so each model gets its own code object.
     decode = types.FunctionType(decode.__code__.replace(), decode.__globals__, closure=decode.__closure__)
     compiled = torch.compile(decode, dynamic=True, options={"freezing": True})
     try:

@@ -53,12 +53,14 @@ class ServedModel:
         return self.checkpoint.manifest
 
     @property
-    def net(self):
+    def serving_net(self):
+        """The network as served (models_core.folding.serving_copy); it took the stored network's place
+        in `checkpoint.model` as the version loaded, so that one copy is held."""
         return self.checkpoint.model
 
     @property
     def latent_dim(self) -> int:
-        return self.net.latent_dim
+        return self.serving_net.latent_dim
 
     @property
     def has_encoder(self) -> bool:
@@ -71,12 +73,12 @@ class ServedModel:
     @property
     def nbytes(self) -> int:
         """Memory the version's weights and extras take."""
-        tensors = [*self.net.parameters(), *self.net.buffers(), *self.checkpoint.extras.values()]
+        tensors = [*self.serving_net.parameters(), *self.serving_net.buffers(), *self.checkpoint.extras.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Blocking; call from the executor."""
-        return run_inference(self.net.embed, x, self.device, self.precision.autocast(self.device))
+        return run_inference(self.serving_net.embed, x, self.device, self.precision.autocast(self.device))
 
     @property
     def can_project(self) -> bool:
@@ -100,7 +102,7 @@ class ServedModel:
         start = None
         if self.encoder is not None:
             start = run_inference(self.encoder, faces, self.device, autocast).clone()  # out of inference mode
-        return Projection(self.net, faces, cfg, self.discriminator, autocast, start)
+        return Projection(self.serving_net, faces, cfg, self.discriminator, autocast, start)
 
 
 class ModelRegistry:
@@ -115,6 +117,7 @@ class ModelRegistry:
         self.workers = InferencePool(settings.inference_workers or default_workers(self.device, settings.compile))
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
         self.latest: dict[str, ServedModel] = {}
+        # Not a cachetools LRU: two bounds (count and bytes) and an eviction that retires the version.
         self.older: OrderedDict[tuple[str, int], ServedModel] = OrderedDict()
         self.loading: dict[tuple[str, int], asyncio.Future] = {}
         self.refused: set[tuple[str, int]] = set()  # versions that failed to load

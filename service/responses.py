@@ -2,9 +2,9 @@
 
 import hashlib
 import json
-from collections import OrderedDict
 
 import torch
+from cachetools import LRUCache
 from fastapi import Request, Response
 
 from models_core.images import encode_png, image_grid
@@ -18,21 +18,20 @@ class PngCache:
     used out first, bounded by their total bytes."""
 
     def __init__(self, max_bytes: int):
-        self.max_bytes, self.bytes, self.items = max_bytes, 0, OrderedDict()
+        self.max_bytes = max_bytes
+        self.items = LRUCache(maxsize=max(max_bytes, 1), getsizeof=lambda item: len(item[0]))
+
+    @property
+    def bytes(self) -> int:
+        return int(self.items.currsize)
 
     def get(self, key: str) -> tuple[bytes, dict[str, str]] | None:
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        return None
+        return self.items.get(key)
 
     def put(self, key: str, data: bytes, headers: dict[str, str] | None = None) -> None:
         if len(data) > self.max_bytes or key in self.items:
             return
         self.items[key] = data, dict(headers or {})
-        self.bytes += len(data)
-        while self.bytes > self.max_bytes:
-            self.bytes -= len(self.items.popitem(last=False)[1][0])
 
 
 # Bumped whenever the served numerics change, so that an ETag never names other bytes than before.

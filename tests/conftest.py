@@ -7,7 +7,7 @@ import torch
 
 from models_core.checkpoint import CheckpointStore
 from models_core.latent import PcaBasis
-from models_core.registry import MODEL_KINDS, build_model
+from models_core.kinds import MODEL_KINDS, build_model
 
 
 def publish_tiny(store: CheckpointStore, kind: str, name: str | None = None, seed: int = 0, basis: bool = True, **kwargs) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 from models_core.checkpoint import WEIGHT_DTYPES
 from models_core.losses import DEFAULT_BETA_KL
 from models_core.precision import PRECISIONS
-from models_core.registry import get_kind
+from models_core.kinds import get_kind
 
 # The seed's recipes. VAE/AE: Adam 5e-4, batch 64, 100 epochs. GAN: Adam 2e-4 betas (0.5, 0.999),
 # batch 32, grad-norm clip 1.0, 200 epochs, and an EMA of G (standard since Karras et al. 2018).

@@ -9,6 +9,9 @@ import torch.nn as nn
 class EMA:
     """ema = beta * ema + (1 - beta) * weights after every step; buffers (BN statistics) are copied.
 
+    Not torch.optim.swa_utils.AveragedModel: that one leaves buffers alone (use_buffers=False) or
+    averages them (True), where BN statistics must be the trained network's, and its EMA has a fixed decay.
+
     beta ramps up as min(decay, (1 + n) / (10 + n)) so early averages are not dominated by the
     random initialisation (the warm-up used by TensorFlow's ExponentialMovingAverage).
     """
@@ -22,7 +25,8 @@ class EMA:
     def update(self, net: nn.Module) -> None:
         self.updates += 1
         beta = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(list(self.net.parameters()), list(net.parameters()), 1 - beta)
+        for average, weight in zip(self.net.parameters(), net.parameters()):
+            average.lerp_(weight, 1 - beta)
         for ema_buffer, buffer in zip(self.net.buffers(), net.buffers()):
             ema_buffer.copy_(buffer)
 

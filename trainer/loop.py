@@ -13,7 +13,7 @@ from models_core.device import resolve_device
 from models_core.images import encode_png, from_uint8, image_grid
 from models_core.latent import PcaBasis, sample_prior
 from models_core.precision import choose_precision
-from models_core.registry import get_kind
+from models_core.kinds import get_kind
 from trainer.bases import ganspace_basis, latent_pca
 from trainer.config import TrainConfig
 from trainer.data import FaceBatches, PackedFaces
@@ -56,24 +56,24 @@ class StopFlag:
             signal.signal(s, handler)
 
 
-def pick_device(name: str, d: Dist) -> torch.device:
+def pick_device(name: str, ranks: Dist) -> torch.device:
     """The device named by --device; under torchrun plain 'cuda' is this rank's GPU."""
     try:
         device = resolve_device(name)
     except ValueError as e:
         raise TrainingError(f"--device: {e}") from None
     if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank) if device.index is None else device
+        device = torch.device("cuda", ranks.local_rank) if device.index is None else device
         torch.cuda.set_device(device)
     return device
 
 
 def train(cfg: TrainConfig, resume_dir: Path | None = None) -> TrainResult:
-    d = init_distributed("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    ranks = init_distributed("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
-        return Trainer(cfg, d).run(resume_dir)
+        return Trainer(cfg, ranks).run(resume_dir)
     finally:
-        shutdown(d)
+        shutdown(ranks)
 
 
 def sudden_jumps(before: dict[str, float], now: dict[str, float], factor: float = 100.0) -> list[str]:
@@ -117,15 +117,15 @@ class MetricWindow:
 class Trainer:
     """One run: built from a config, optionally resumed from a run folder, then `run()`."""
 
-    def __init__(self, cfg: TrainConfig, d: Dist):
-        self.cfg, self.dist = cfg, d
-        self.device = pick_device(cfg.device, d)
-        torch.manual_seed(cfg.seed + d.rank)  # distinct noise per rank; weights are broadcast from rank 0
+    def __init__(self, cfg: TrainConfig, ranks: Dist):
+        self.cfg, self.ranks = cfg, ranks
+        self.device = pick_device(cfg.device, ranks)
+        torch.manual_seed(cfg.seed + ranks.rank)  # distinct noise per rank; weights are broadcast from rank 0
         self.data = PackedFaces.open(cfg.data)
-        self.batches = FaceBatches(self.data.tensor("train", self.device), cfg.batch_size, cfg.seed, cfg.flip, d.rank, d.world)
+        self.batches = FaceBatches(self.data.tensor("train", self.device), cfg.batch_size, cfg.seed, cfg.flip, ranks.rank, ranks.world)
         self.held_out = self.data.tensor(self.data.held_out(), "cpu", limit=cfg.pca_samples)
         self.precision = choose_precision(cfg.precision, self.device)
-        self.task = make_task(cfg, self.device, self.precision.autocast(self.device), d)
+        self.task = make_task(cfg, self.device, self.precision.autocast(self.device), ranks)
         self.ema = EMA(self.task.inference_net, cfg.ema_decay) if cfg.ema else None
         self.store = CheckpointStore(cfg.checkpoints)
         self.fixed_z = sample_prior(64, self.task.inference_net.latent_dim, torch.Generator().manual_seed(cfg.seed)).to(self.device)
@@ -140,16 +140,16 @@ class Trainer:
     # --- the run -----------------------------------------------------------------------------
 
     def run(self, resume_dir: Path | None = None) -> TrainResult:
-        cfg, d = self.cfg, self.dist
+        cfg, ranks = self.cfg, self.ranks
         if resume_dir is not None:
             self.run_dir = resume_dir
             self.restore(load_training_state(resume_dir / STATE_FILE))
-        elif d.is_main:
+        elif ranks.is_main:
             self.run_dir = create_run_dir(cfg.runs_dir, cfg.name)
-        if d.is_main:
+        if ranks.is_main:
             write_config(self.run_dir, cfg.to_dict() | {"resolved_precision": self.precision.to_dict()})
         total = min(cfg.epochs * len(self.batches), cfg.max_steps or float("inf"))
-        self.log = RunLog(self.run_dir, total, self.step, enabled=d.is_main, progress=cfg.progress)
+        self.log = RunLog(self.run_dir, total, self.step, enabled=ranks.is_main, progress=cfg.progress)
         if self.complete and self.step >= total:
             self.log.write(f"run {self.run_dir} is already complete: step {self.step} of {total}, published as "
                            f"{cfg.name} v{self.published[-1]}; nothing to do (to train on, resume with more --epochs)")
@@ -179,12 +179,12 @@ class Trainer:
                 if self.batch >= len(self.batches):
                     self.epoch, self.batch = self.epoch + 1, 0
                     if self.step < total and why == KEEP_GOING:  # the last epoch ends below, with a publish
-                        self.end_of_epoch(publish_now=bool(cfg.publish_every) and self.epoch % cfg.publish_every == 0)
+                        self.write_outputs(publish_now=bool(cfg.publish_every) and self.epoch % cfg.publish_every == 0)
             if why == OUT_OF_TIME:
                 self.snapshot()  # before the publish: a lease that ends while the basis is fitted loses no steps
                 self.log.write(f"--time-limit of {cfg.time_limit:g} min reached at step {self.step}; publishing, "
                                f"resume with --resume {self.run_dir}")
-            self.end_of_epoch(publish_now=True)
+            self.write_outputs(publish_now=True)
             self.complete = self.step >= total
             self.snapshot()
             return TrainResult(self.run_dir, self.step, self.epoch, self.published)
@@ -208,7 +208,7 @@ class Trainer:
             if self.step % cfg.ckpt_every == 0:
                 self.snapshot()
             why = SIGNALLED if stop.signum is not None else OUT_OF_TIME if self.past_deadline() else KEEP_GOING
-            why = max_over_ranks(why, self.dist, self.device)
+            why = max_over_ranks(why, self.ranks, self.device)
             if why != KEEP_GOING:
                 return why
             if self.step >= total:
@@ -235,7 +235,7 @@ class Trainer:
         if self.end_planner is None:
             return total
         end = self.end_planner.end(total, self.step, time.monotonic())
-        return -max_over_ranks(-end, self.dist, self.device)  # the earliest: every rank sets the same LR
+        return -max_over_ranks(-end, self.ranks, self.device)  # the earliest: every rank sets the same LR
 
     def past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -259,7 +259,7 @@ class Trainer:
                            f"between steps {w.last_good_step} and {self.step}: the run may be diverging "
                            f"({self.divergence_advice()}; resume state in {self.run_dir})")
         self.previous_means = dict(means)
-        means["img_per_s"] = w.steps * self.cfg.batch_size * self.dist.world / max(time.perf_counter() - w.t0, 1e-9)
+        means["img_per_s"] = w.steps * self.cfg.batch_size * self.ranks.world / max(time.perf_counter() - w.t0, 1e-9)
         means["lr"] = self.current_lr
         self.log.scalars(self.step, self.epoch, means)
         w.reset(self.step)
@@ -273,7 +273,7 @@ class Trainer:
     def snapshot(self) -> None:
         self.flush_metrics()
         rng = self.gather_rng()  # every rank takes part; rank 0 writes
-        if not self.dist.is_main:
+        if not self.ranks.is_main:
             return
         save_training_state(self.run_dir / STATE_FILE, {
             "step": self.step, "epoch": self.epoch, "batch": self.batch, "published": self.published,
@@ -288,8 +288,8 @@ class Trainer:
         """The RNG state of every rank, so that a resumed run draws the same noise on each."""
         cuda = self.device.type == "cuda"
         return {
-            "cpu_ranks": all_gather_tensor(torch.get_rng_state(), self.dist, self.device),
-            "cuda_ranks": all_gather_tensor(torch.cuda.get_rng_state(self.device), self.dist, self.device) if cuda else None,
+            "cpu_ranks": all_gather_tensor(torch.get_rng_state(), self.ranks, self.device),
+            "cuda_ranks": all_gather_tensor(torch.cuda.get_rng_state(self.device), self.ranks, self.device) if cuda else None,
         }
 
     def restore(self, state: dict) -> None:
@@ -307,12 +307,12 @@ class Trainer:
         self.restore_rng(state["rng"])
 
     def restore_rng(self, rng: dict) -> None:
-        d = self.dist
+        ranks = self.ranks
         cpu, cuda = rng["cpu_ranks"], rng["cuda_ranks"]
         # A state from a run with another number of ranks: rank 0 continues exactly, the others reseed.
-        rank = d.rank if len(cpu) == d.world else 0 if d.is_main else None
+        rank = ranks.rank if len(cpu) == ranks.world else 0 if ranks.is_main else None
         if rank is None:
-            torch.manual_seed(self.cfg.seed + d.rank + 7919 * self.step)
+            torch.manual_seed(self.cfg.seed + ranks.rank + 7919 * self.step)
             return
         torch.set_rng_state(cpu[rank])
         if self.device.type == "cuda" and cuda is not None:
@@ -353,11 +353,12 @@ class Trainer:
             suffix = "" if tag == "samples" else f"_{tag}"
             (self.run_dir / "samples" / f"step{self.step:08d}{suffix}.png").write_bytes(encode_png(grid))
 
-    def end_of_epoch(self, publish_now: bool) -> None:
-        """Sample grids, and a published version when one is due; the basis is fitted once for both."""
+    def write_outputs(self, publish_now: bool) -> None:
+        """Sample grids, and a published version when one is due (at an epoch's end, and when the run
+        ends or runs out of time); the basis is fitted once for both."""
         if publish_now:
             self.flush_metrics()
-        if not self.dist.is_main:
+        if not self.ranks.is_main:
             return
         net = self.ema.net if self.ema else self.task.inference_net
         was_training = net.training

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from models_core.dcgan import Discriminator, Generator, discriminator_extras
 from models_core.losses import discriminator_loss, generator_loss, reconstruction_loss, vae_loss
-from models_core.registry import build_model
+from models_core.kinds import build_model
 from trainer.augment import diff_augment
 from trainer.config import TrainConfig
 from trainer.distributed import Dist, all_reduce_gradients, broadcast_module
@@ -40,19 +40,19 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
                 values[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
-def prepare(net: nn.Module, cfg: TrainConfig, device: torch.device, d: Dist) -> tuple[nn.Module, nn.Module]:
+def prepare(net: nn.Module, cfg: TrainConfig, device: torch.device, ranks: Dist) -> tuple[nn.Module, nn.Module]:
     """(the network itself, the callable the step runs: compiled when asked)."""
     net = net.to(device, memory_format=torch.channels_last)
-    broadcast_module(net, d)
+    broadcast_module(net, ranks)
     return net, (torch.compile(net) if cfg.compile else net)
 
 
 class AutoencoderTask:
     """AE: MSE. VAE: MSE + beta·KL with the reparameterised sample."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, autocast, d: Dist):
-        self.cfg, self.autocast, self.dist = cfg, autocast, d
-        self.net, self.run = prepare(build_model(cfg.model, cfg.network_config), cfg, device, d)
+    def __init__(self, cfg: TrainConfig, device: torch.device, autocast, ranks: Dist):
+        self.cfg, self.autocast, self.ranks = cfg, autocast, ranks
+        self.net, self.run = prepare(build_model(cfg.model, cfg.network_config), cfg, device, ranks)
         self.opt = adam(self.net, cfg)
         self.is_vae = cfg.model == "vae"
         self.metric_legend = (
@@ -82,7 +82,7 @@ class AutoencoderTask:
                 rec = loss = reconstruction_loss(x, self.run(x).float())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        all_reduce_gradients(self.net, self.dist)
+        all_reduce_gradients(self.net, self.ranks)
         clip(self.net, self.cfg.grad_clip)
         self.opt.step()
         metrics = {"loss": loss.detach(), "recon": rec.detach()}
@@ -94,10 +94,10 @@ class AutoencoderTask:
 class GANTask:
     """DCGAN with the non-saturating loss: one D update, then one G update on the same fakes."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, autocast, d: Dist):
-        self.cfg, self.autocast, self.dist, self.device = cfg, autocast, d, device
-        self.G, self.run_G = prepare(Generator(cfg.network_config), cfg, device, d)
-        self.D, self.run_D = prepare(Discriminator(cfg.network_config), cfg, device, d)
+    def __init__(self, cfg: TrainConfig, device: torch.device, autocast, ranks: Dist):
+        self.cfg, self.autocast, self.ranks, self.device = cfg, autocast, ranks, device
+        self.G, self.run_G = prepare(Generator(cfg.network_config), cfg, device, ranks)
+        self.D, self.run_D = prepare(Discriminator(cfg.network_config), cfg, device, ranks)
         self.opt_G, self.opt_D = adam(self.G, cfg), adam(self.D, cfg)
         self.view = diff_augment if cfg.augment else (lambda x: x)  # what D sees of an image
         self.metric_legend = ("metrics: loss_D, loss_G = the non-saturating losses (nats per image); "
@@ -129,7 +129,7 @@ class GANTask:
         loss_D = discriminator_loss(real_logits, fake_logits)
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
-        all_reduce_gradients(self.D, self.dist)
+        all_reduce_gradients(self.D, self.ranks)
         clip(self.D, self.cfg.grad_clip)
         self.opt_D.step()
 
@@ -140,7 +140,7 @@ class GANTask:
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.backward()
         self.D.requires_grad_(True)
-        all_reduce_gradients(self.G, self.dist)
+        all_reduce_gradients(self.G, self.ranks)
         clip(self.G, self.cfg.grad_clip)
         self.opt_G.step()
 
@@ -152,5 +152,5 @@ class GANTask:
         }
 
 
-def make_task(cfg: TrainConfig, device: torch.device, autocast=contextlib.nullcontext, d: Dist = Dist()):
-    return GANTask(cfg, device, autocast, d) if cfg.model == "gan" else AutoencoderTask(cfg, device, autocast, d)
+def make_task(cfg: TrainConfig, device: torch.device, autocast=contextlib.nullcontext, ranks: Dist = Dist()):
+    return GANTask(cfg, device, autocast, ranks) if cfg.model == "gan" else AutoencoderTask(cfg, device, autocast, ranks)

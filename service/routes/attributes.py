@@ -92,7 +92,7 @@ async def edit_uploads(
     encoder of an AE/VAE or the projection of a GAN (whose quality the X-Projection headers give)."""
     held = check_edit(served, attribute, hold)
     require_latents_of_faces(request, served, len(files))
-    faces = await read_faces(request, files, served.net.cfg.img_size)
+    faces = await read_faces(request, files, served.serving_net.cfg.img_size)
     z, made = await latents_of(request, served, faces, projection_steps)
     zs = served.checkpoint.attributes.edit(z.float().cpu(), attribute, edit_offsets(span, steps), held)
     images = await decode(served, zs.reshape(-1, zs.shape[-1]))

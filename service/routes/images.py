@@ -364,7 +364,7 @@ async def reconstruct_upload(
     """Your faces (rows of originals) above the model's reconstructions of them: through the encoder
     of an AE/VAE, through projection (see /project) for a GAN."""
     require_latents_of_faces(request, served, len(files))
-    faces = await read_faces(request, files, served.net.cfg.img_size)
+    faces = await read_faces(request, files, served.serving_net.cfg.img_size)
     data, headers = await reconstruction_png(request, served, faces, steps)
     return png_response(data, identity_headers(served.name, served.version, served.precision.name, None)
                         | headers | {"Cache-Control": "no-store"})
@@ -412,7 +412,7 @@ async def project_upload(
         raise ApiError(409, f"model {served.name!r} ({served.manifest.kind}) is not a GAN",
                        "projection is for GANs; an ae or vae reconstructs through its encoder: POST /reconstruct")
     require_latents_of_faces(request, served, len(files))
-    faces = await read_faces(request, files, served.net.cfg.img_size)
+    faces = await read_faces(request, files, served.serving_net.cfg.img_size)
     projected = await project(request, served, faces, steps)
     pairs = torch.stack([to_uint8(faces), projected.images], 1).flatten(0, 1)  # face, G(z*), face, G(z*), ...
     data = await asyncio.to_thread(grid_png, pairs, 2)
@@ -431,7 +431,7 @@ async def interpolate_uploads(
 ) -> Response:
     """A path between the latents of two uploaded faces: their encodings (AE/VAE) or their projections (GAN)."""
     require_latents_of_faces(request, served, 2)
-    faces = await read_faces(request, [a, b], served.net.cfg.img_size)
+    faces = await read_faces(request, [a, b], served.serving_net.cfg.img_size)
     z, made = await latents_of(request, served, faces, projection_steps)
     images = await decode(served, interpolation_path(z[:1], z[1:], steps, method)[0])
     data = await asyncio.to_thread(grid_png, images, steps)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from models_core.checkpoint import (
     EXTRAS_FILE, MANIFEST_FILE, WEIGHTS_FILE, CheckpointError, CheckpointStore, atomic_save_tensors, sha256_file,
 )
-from models_core.registry import build_model
+from models_core.kinds import build_model
 from models_core.vae import VAE, VAE_PRESETS
 from tests.conftest import publish_tiny
 

@@ -4,7 +4,7 @@ import torch.nn as nn
 
 from models_core.conv_transpose import ConvTranspose2d
 from models_core.dcgan import DCGAN_PRESETS, DCGANConfig, Discriminator, Generator
-from models_core.registry import MODEL_KINDS, build_model
+from models_core.kinds import MODEL_KINDS, build_model
 from models_core.vae import VAE, VAE_PRESETS, Autoencoder, VAEConfig
 
 

@@ -4,7 +4,7 @@ import torch
 from models_core.dcgan import Generator
 from models_core.images import to_uint8
 from models_core.precision import choose_precision, cpu_flags
-from models_core.registry import get_kind
+from models_core.kinds import get_kind
 
 ZEN4_FLAGS = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
 SAPPHIRE_RAPIDS_FLAGS = {"avx2", "avx512f", "amx_tile", "amx_bf16"}

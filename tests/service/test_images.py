@@ -93,7 +93,7 @@ def test_bf16_serves_a_folded_bf16_copy_that_draws_the_fp32_faces(served_store):
     for precision in ("bf16", "fp32"):
         app = create_app(make_settings(served_store, precision=precision))
         with TestClient(app) as c:
-            net = app.state.registry.latest["vae"].net
+            net = app.state.registry.latest["vae"].serving_net
             assert {p.dtype for p in net.parameters()} == {getattr(torch, {"bf16": "bfloat16", "fp32": "float32"}[precision])}
             assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
             files = [("files", ("face.png", image_bytes((40 * i, 200 - 30 * i, 90)), "image/png")) for i in range(4)]

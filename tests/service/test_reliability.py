@@ -190,7 +190,7 @@ def test_sigterm_stops_the_server_within_its_grace_answering_what_is_in_flight(s
 def publish_with_bad_basis(store, name: str) -> int:
     """A version whose PCA basis is one dimension too wide for its network."""
     from models_core.latent import PcaBasis
-    from models_core.registry import MODEL_KINDS, build_model
+    from models_core.kinds import MODEL_KINDS, build_model
 
     config = MODEL_KINDS["vae"].presets["tiny"]
     basis = PcaBasis.fit(torch.randn(64, config.latent_dim + 1))

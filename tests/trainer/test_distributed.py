@@ -23,13 +23,13 @@ def worker(rank: int, world: int, port: int, packed: str, out: str, model: str, 
     torch.set_num_threads(1)
     try:
         if not all_reduce:
-            distributed.all_reduce_gradients = lambda module, d: None
+            distributed.all_reduce_gradients = lambda module, ranks: None
             import trainer.tasks
             trainer.tasks.all_reduce_gradients = distributed.all_reduce_gradients
-        d = Dist(rank=rank, local_rank=0, world=world)
+        ranks = Dist(rank=rank, local_rank=0, world=world)
         torch.manual_seed(rank)  # different init per rank: the broadcast must make them equal
         cfg = TrainConfig(model=model, data=packed, preset="tiny", batch_size=8, precision="fp32")
-        task = make_task(cfg, torch.device("cpu"), d=d)
+        task = make_task(cfg, torch.device("cpu"), ranks=ranks)
         torch.manual_seed(100 + rank)  # different noise per rank, as the trainer seeds it
         batches = FaceBatches(PackedFaces.open(packed).tensor("train", "cpu"), 8, seed=0, flip=False, rank=rank, world=world)
         seen = []
