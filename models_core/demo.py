@@ -1,6 +1,6 @@
 """Images from published models, without the service.
 
-    python -m models_core.demo [--model gan] [-n 64] [--out out/samples.png]   a grid of samples
+    python -m models_core.demo [--model gan] [-n 64] [--out out/samples.png]   the grid /sample returns
     python -m models_core.demo figures --out docs/figures                     the study's figures
 
 `figures` writes, for every model under the checkpoint root: samples, reconstructions of held-out
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from models_core.checkpoint import CheckpointError, CheckpointStore
-from models_core.images import encode_png, held_out_faces, image_grid
-from models_core.latent import sample_prior
+from models_core import views
+from models_core.checkpoint import PRIORS, CheckpointError, CheckpointStore
+from models_core.images import encode_png, held_out_faces, image_grid, square_nrow
 from models_core.precision import PRECISIONS, choose_precision
 
 NO_MODEL_HINT = "Train a model first (python -m trainer --help) or point --checkpoints at a root."
@@ -31,20 +31,27 @@ def sample_main(argv: list[str]) -> int:
     parser.add_argument("--version", type=int, default=None, help="version to load (default: latest)")
     parser.add_argument("-n", type=int, default=64, help="number of faces (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the latents (default: %(default)s)")
+    parser.add_argument("--prior", choices=PRIORS, default="auto", help="standard N(0, I), fitted (AE/VAE) or auto "
+                        "(fitted for AE/VAE, standard for the GAN; default), as /sample takes it")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default): bf16 where the chip has native bf16, fp32 elsewhere, as the service chooses")
     parser.add_argument("--out", type=Path, default=Path("out/samples.png"), help="PNG to write (default: %(default)s)")
     args = parser.parse_args(argv)
     if not 1 <= args.n <= 1024:
         parser.error("-n must be between 1 and 1024")
 
+    from models_core.figures import Renderer
+
     try:
         ckpt = CheckpointStore(args.checkpoints).load(args.model, args.version)
-    except CheckpointError as e:
-        parser.exit(1, f"error: {e}\n{NO_MODEL_HINT}\n")
-    with torch.inference_mode():
-        z = sample_prior(args.n, ckpt.model.latent_dim, torch.Generator().manual_seed(args.seed))
-        images = ckpt.model.decode(z)
+        z = views.prior_latents(ckpt, args.n, args.seed, prior=args.prior)
+    except (CheckpointError, ValueError) as e:
+        parser.exit(1, f"error: {e}\n{NO_MODEL_HINT if isinstance(e, CheckpointError) else ''}\n")
+    device = torch.device("cpu")
+    # The service's latents, network copy and precision: the bytes of /sample?model=M&n=N&seed=S.
+    images = Renderer(ckpt, device, choose_precision(args.precision, device)).decode(z)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(encode_png(image_grid(images, nrow=int(args.n**0.5 + 0.999))))
+    args.out.write_bytes(encode_png(image_grid(images, nrow=square_nrow(args.n))))
     m = ckpt.manifest
     print(f"wrote {args.n} samples of {m.name} v{m.version} ({m.kind}, step {m.step}) to {args.out}")
     return 0

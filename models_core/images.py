@@ -6,6 +6,7 @@ show the user.
 """
 
 import io
+import math
 import warnings
 from functools import cache
 from importlib import resources
@@ -45,6 +46,11 @@ def decode_images(decode, z: torch.Tensor, device: torch.device, autocast) -> to
     them oversubscribe a small CPU."""
     with torch.inference_mode(), autocast():
         return to_uint8(decode(z.to(device)))
+
+
+def square_nrow(n: int) -> int:
+    """Faces per row of an n-face grid that is as square as it can be (what /sample lays out)."""
+    return math.ceil(math.sqrt(n))
 
 
 def from_uint8(images: torch.Tensor) -> torch.Tensor:

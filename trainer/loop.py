@@ -10,7 +10,8 @@ import torch
 
 from models_core.checkpoint import WEIGHT_DTYPES, CheckpointStore
 from models_core.device import resolve_device
-from models_core.images import encode_png, from_uint8, image_grid
+from models_core.folding import serving_copy
+from models_core.images import decode_images, encode_png, from_uint8, image_grid, to_uint8
 from models_core.latent import PcaBasis, sample_prior
 from models_core.precision import choose_precision
 from models_core.kinds import get_kind
@@ -339,14 +340,20 @@ class Trainer:
 
     @torch.no_grad()
     def write_images(self, net, basis: PcaBasis | None) -> None:
+        """The service's /sample?n=64&seed=SEED of these weights (same latents, network copy and precision),
+        and for AE/VAE the reconstructions of 32 held-out faces."""
         grids = {}
         z = self.fixed_z
         if basis is not None:  # AE/VAE: sample as the service does, from the Gaussian of held-out latents
             z = basis.sample(len(z), torch.Generator().manual_seed(self.cfg.seed)).to(self.device)
-        grids["samples"] = image_grid(net.decode(z).float(), nrow=8)
+        served, autocast = serving_copy(net, self.precision.dtype), self.precision.autocast(self.device)
+        grids["samples"] = image_grid(decode_images(served.decode, z, self.device, autocast), nrow=8)
         if get_kind(self.cfg.model).has_encoder:
             faces = from_uint8(self.held_out[:32].to(self.device)).permute(0, 3, 1, 2)
-            grids["reconstructions"] = image_grid(torch.cat([faces, net.decode(net.embed(faces)).float()]), nrow=8)
+            with torch.inference_mode(), autocast():
+                latents = served.embed(faces).float()
+            recon = decode_images(served.decode, latents, self.device, autocast)
+            grids["reconstructions"] = image_grid(torch.cat([to_uint8(faces.cpu()), recon]), nrow=8)
         (self.run_dir / "samples").mkdir(exist_ok=True)
         for tag, grid in grids.items():
             self.log.image(tag, self.step, grid)

@@ -1,14 +1,14 @@
 """Image endpoints: every one returns a PNG grid."""
 
 import asyncio
-import math
 from typing import Annotated, AsyncIterator, Awaitable, Callable, Literal
 
 import torch
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 
 from models_core.checkpoint import MODEL_NAME_RE, PRIORS
-from models_core.images import ImageDecodeError, UnsupportedImage, decode_image, originals_over_reconstructions, to_uint8
+from models_core.images import (ImageDecodeError, UnsupportedImage, decode_image, originals_over_reconstructions, square_nrow,
+                                 to_uint8)
 from models_core import views
 from models_core.latent import interpolation_path
 from service.admission import busy
@@ -135,10 +135,6 @@ async def render(request: Request, served: ServedModel, params: dict, seed: int 
         return await asyncio.to_thread(grid_png, images, nrow), {}, True
 
     return await cached_png(request, served, params, seed, make)
-
-
-def square_nrow(n: int) -> int:
-    return math.ceil(math.sqrt(n))
 
 
 @router.get("/sample", responses=GET_PNG_409, response_class=Response)

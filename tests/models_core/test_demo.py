@@ -19,6 +19,24 @@ def test_demo_writes_a_grid_of_samples(store, tmp_path):
     assert Image.open(out).size == (3 * 66 + 2, 3 * 66 + 2)
 
 
+def test_demo_writes_the_bytes_the_api_returns(store, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+
+    publish_tiny(store, "vae")
+    out = tmp_path / "vae.png"
+    proc = run_demo("--checkpoints", str(store.root), "--model", "vae", "-n", "10", "--seed", "3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    with TestClient(create_app(make_settings(store))) as client:  # the fitted prior, the served copy, the same grid
+        assert out.read_bytes() == client.get("/sample?model=vae&n=10&seed=3").content
+    proc = run_demo("--checkpoints", str(store.root), "--model", "vae", "--prior", "standard", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    with TestClient(create_app(make_settings(store))) as client:
+        assert out.read_bytes() == client.get("/sample?model=vae&n=64&seed=0&prior=standard").content
+
+
 def test_demo_explains_a_missing_model_without_a_traceback(store, tmp_path):
     proc = run_demo("--checkpoints", str(store.root), "--model", "vae", "--out", str(tmp_path / "x.png"))
     assert proc.returncode == 1

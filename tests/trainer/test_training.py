@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import signal
@@ -379,3 +380,16 @@ def test_the_seed_vae_starts_without_a_kl_spike(tmp_path, packed):
     kl = [json.loads(line)["kl"] for line in (run_dir(tmp_path, "vae") / "metrics.jsonl").read_text().splitlines()]
     assert len(kl) == 6 and max(kl) < 1e3, kl
     assert "may be diverging" not in proc.stdout
+
+
+def test_a_runs_sample_grid_is_what_the_service_serves_for_the_published_version(tmp_path, packed):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+
+    assert train(tmp_path, "vae", "--data", packed, "--epochs", "1", "--batch-size", "16").returncode == 0
+    grid = run_dir(tmp_path, "vae") / "samples" / "step00000004.png"
+    with TestClient(create_app(make_settings(CheckpointStore(tmp_path / "ckpt")))) as client:
+        served = client.get("/sample?model=vae&n=64&nrow=8&seed=0").content
+    assert np.array_equal(np.asarray(Image.open(grid)), np.asarray(Image.open(io.BytesIO(served)).convert("RGB")))
