@@ -3,6 +3,7 @@
 import asyncio
 import io
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -259,6 +260,14 @@ def test_old_versions_are_bounded_by_bytes_too(served_store):
     assert asyncio.run(with_app(app, body)) == {}  # each was served, then evicted by the 0 MiB bound
 
 
+def raw_get(url: str, target: str) -> socket.socket:
+    """A GET sent on a socket of its own, whose answer nobody reads: closing it is a client leaving."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return sock
+
+
 def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
     """Clients that give up while their rows wait in the queue disconnect; the rows are dropped."""
     app = create_app(make_settings(served_store, cache_mb=0))
@@ -283,14 +292,21 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
         def gone() -> float:
             return metric(httpx.get(f"{url}/metrics").text, 'facegen_requests_total{endpoint="/sample",model="gan",status="499"}')
 
+        def waiting() -> float:
+            return metric(httpx.get(f"{url}/metrics").text, 'facegen_queue_depth{model="gan"}')
+
         # Occupy every inference thread: each with rows enough for a pass beside the others.
         first = [threading.Thread(target=ask, args=(i, MIN_ROWS_BESIDE, 60)) for i in range(workers)]
         for t in first:
             t.start()
             assert started.acquire(timeout=30)
         try:
-            with ThreadPoolExecutor(6) as pool:  # these queue behind it, then their clients give up
-                assert list(pool.map(lambda s: ask(s, 5, 0.3), range(1, 7))) == ["gave up"] * 6
+            # These queue behind it; once all six wait (an event, not a time: a slow machine only takes
+            # longer), their clients hang up.
+            clients = [raw_get(url, f"/sample?model=gan&n=5&seed={s}") for s in range(1, 7)]
+            assert wait_until(lambda: waiting() == 6, timeout=30)
+            for client in clients:
+                client.close()
             assert wait_until(lambda: gone() == 6, timeout=30)  # the server has seen them go
         finally:  # a failed check must not leave the inference thread held
             release.set()
