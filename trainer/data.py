@@ -101,22 +101,9 @@ def prepare_data(
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
-        packed = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(refs), size, size, 3))
-        kept, skipped = [], []
-        with ProcessPoolExecutor(workers) as pool:
-            results = pool.map(decode_one, refs, [size] * len(refs), chunksize=64)
-            for ref, result in tqdm(zip(refs, results), total=len(refs), desc="decoding", unit="img", disable=not progress):
-                if isinstance(result, str):
-                    skipped.append({"file": ref.member or ref.path, "error": result})
-                else:
-                    packed[len(kept)] = result
-                    kept.append(ref.name)
+        kept, skipped = decode_into(tmp / "images.npy", refs, size, workers, progress)
         if not kept:
             raise SourceError(f"none of the {len(refs)} images in {source} could be decoded; first error: {skipped[0]['error']}")
-        packed.flush()
-        del packed
-        if len(kept) < len(refs):
-            compact(tmp / "images.npy", len(kept))
 
         images = np.load(tmp / "images.npy", mmap_mode="r")
         partition_table = read_partition(src.partition_file) if src.partition_file and not random_split else None
@@ -153,6 +140,26 @@ def prepare_data(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def decode_into(path: Path, refs: list[ImageRef], size: int, workers: int, progress: bool) -> tuple[list[str], list[dict]]:
+    """Decode `refs` on `workers` processes into the uint8 array file `path`, in order, leaving out
+    the unreadable: (names kept, {file, error} of those skipped)."""
+    packed = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(refs), size, size, 3))
+    kept, skipped = [], []
+    with ProcessPoolExecutor(workers) as pool:
+        results = pool.map(decode_one, refs, [size] * len(refs), chunksize=64)
+        for ref, result in tqdm(zip(refs, results), total=len(refs), desc="decoding", unit="img", disable=not progress):
+            if isinstance(result, str):
+                skipped.append({"file": ref.member or ref.path, "error": result})
+                continue
+            packed[len(kept)] = result
+            kept.append(ref.name)
+    packed.flush()
+    del packed
+    if kept and len(kept) < len(refs):
+        compact(path, len(kept))
+    return kept, skipped
 
 
 def align_attributes(table: AttributeTable, names: list[str], path: Path) -> np.ndarray:

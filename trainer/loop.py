@@ -1,5 +1,6 @@
 """The training loop: batches -> task.train_step -> EMA -> log -> snapshot -> publish."""
 
+import enum
 import signal
 import time
 from collections import defaultdict
@@ -91,8 +92,12 @@ def sudden_jumps(before: dict[str, float], now: dict[str, float], factor: float 
 LOSSES = frozenset({"loss", "recon", "kl", "loss_D", "loss_G"})
 
 
-# Why train_epoch returned before its epoch ended; ranks agree on the largest.
-KEEP_GOING, OUT_OF_TIME, SIGNALLED = 0, 1, 2
+class Stop(enum.IntEnum):
+    """Why training left its loop early, if it did; ranks agree on the largest."""
+
+    NOT = 0
+    OUT_OF_TIME = 1
+    SIGNALLED = 2
 
 
 class MetricWindow:
@@ -141,6 +146,35 @@ class Trainer:
     # --- the run -----------------------------------------------------------------------------
 
     def run(self, resume_dir: Path | None = None) -> TrainResult:
+        total = self.open_run(resume_dir)
+        if self.complete and self.step >= total:
+            self.log.write(f"run {self.run_dir} is already complete: step {self.step} of {total}, published as "
+                           f"{self.cfg.name} v{self.published[-1]}; nothing to do (to train on, resume with more --epochs)")
+            self.log.close()
+            return TrainResult(self.run_dir, self.step, self.epoch, [])
+        self.announce(total, resumed=resume_dir is not None)
+        stop = StopFlag()  # until the end: a first Ctrl-C while the last version is written waits for it
+        try:
+            why = self.train_steps(total, stop)
+            if why == Stop.SIGNALLED:
+                self.snapshot()
+                self.log.write(f"stopped by signal {stop.signum} at step {self.step}; state saved, "
+                               f"resume with --resume {self.run_dir}")
+                return TrainResult(self.run_dir, self.step, self.epoch, self.published, stopped_by=stop.signum or signal.SIGTERM)
+            if why == Stop.OUT_OF_TIME:
+                self.snapshot()  # before the publish: a lease that ends while the basis is fitted loses no steps
+                self.log.write(f"--time-limit of {self.cfg.time_limit:g} min reached at step {self.step}; publishing, "
+                               f"resume with --resume {self.run_dir}")
+            self.write_outputs(publish_now=True)
+            self.complete = self.step >= total
+            self.snapshot()
+            return TrainResult(self.run_dir, self.step, self.epoch, self.published)
+        finally:
+            stop.restore()
+            self.log.close()
+
+    def open_run(self, resume_dir: Path | None) -> int:
+        """The run folder (resumed or new) and its log; the number of steps the run ends at."""
         cfg, ranks = self.cfg, self.ranks
         if resume_dir is not None:
             self.run_dir = resume_dir
@@ -151,50 +185,37 @@ class Trainer:
             write_config(self.run_dir, cfg.to_dict() | {"resolved_precision": self.precision.to_dict()})
         total = min(cfg.epochs * len(self.batches), cfg.max_steps or float("inf"))
         self.log = RunLog(self.run_dir, total, self.step, enabled=ranks.is_main, progress=cfg.progress)
-        if self.complete and self.step >= total:
-            self.log.write(f"run {self.run_dir} is already complete: step {self.step} of {total}, published as "
-                           f"{cfg.name} v{self.published[-1]}; nothing to do (to train on, resume with more --epochs)")
-            self.log.close()
-            return TrainResult(self.run_dir, self.step, self.epoch, [])
-        where = (f"resuming from step {self.step} of {total} (epoch {self.epoch})" if resume_dir is not None
-                 else f"{total} steps")
+        return total
+
+    def announce(self, total: int, resumed: bool) -> None:
+        cfg = self.cfg
+        where = f"resuming from step {self.step} of {total} (epoch {self.epoch})" if resumed else f"{total} steps"
         self.log.write(f"run {self.run_dir}: {cfg.model} ({cfg.preset}) on {self.device} in {self.precision.name} "
                        f"({self.precision.reason}), {len(self.batches)} steps/epoch, {where}")
         self.log.write(self.task.metric_legend)
+
+    def train_steps(self, total: int, stop: StopFlag) -> "Stop":
+        """Epochs until `total` steps, a signal or the time limit; sample grids (and versions, when due)
+        at each epoch's end but the last, which `run` publishes."""
+        cfg = self.cfg
         self.window = MetricWindow(self.device, self.step)
         started = time.monotonic()
         self.deadline = started + 60 * cfg.time_limit if cfg.time_limit else None
         self.end_planner = EndPlanner(started, self.deadline) if self.deadline else None
         self.warming_down = False
-        stop = StopFlag()
-        try:
-            why = KEEP_GOING
-            while self.step < total and why == KEEP_GOING:
-                why = self.train_epoch(total, stop)
-                if why == SIGNALLED:
-                    self.snapshot()
-                    self.log.write(f"stopped by signal {stop.signum} at step {self.step}; state saved, "
-                                   f"resume with --resume {self.run_dir}")
-                    return TrainResult(self.run_dir, self.step, self.epoch, self.published,
-                                       stopped_by=stop.signum or signal.SIGTERM)
-                if self.batch >= len(self.batches):
-                    self.epoch, self.batch = self.epoch + 1, 0
-                    if self.step < total and why == KEEP_GOING:  # the last epoch ends below, with a publish
-                        self.write_outputs(publish_now=bool(cfg.publish_every) and self.epoch % cfg.publish_every == 0)
-            if why == OUT_OF_TIME:
-                self.snapshot()  # before the publish: a lease that ends while the basis is fitted loses no steps
-                self.log.write(f"--time-limit of {cfg.time_limit:g} min reached at step {self.step}; publishing, "
-                               f"resume with --resume {self.run_dir}")
-            self.write_outputs(publish_now=True)
-            self.complete = self.step >= total
-            self.snapshot()
-            return TrainResult(self.run_dir, self.step, self.epoch, self.published)
-        finally:
-            stop.restore()
-            self.log.close()
+        why = Stop.NOT
+        while self.step < total and why == Stop.NOT:
+            why = self.train_epoch(total, stop)
+            if why == Stop.SIGNALLED:
+                break
+            if self.batch >= len(self.batches):
+                self.epoch, self.batch = self.epoch + 1, 0
+                if self.step < total and why == Stop.NOT:
+                    self.write_outputs(publish_now=bool(cfg.publish_every) and self.epoch % cfg.publish_every == 0)
+        return why
 
-    def train_epoch(self, total: int, stop: StopFlag) -> int:
-        """Steps until the epoch ends or `total` is reached: KEEP_GOING, or why it left early."""
+    def train_epoch(self, total: int, stop: StopFlag) -> "Stop":
+        """Steps until the epoch ends or `total` is reached (Stop.NOT), or why it left early."""
         cfg = self.cfg
         for x in self.batches.epoch(self.epoch, start=self.batch):
             self.set_lr(total)
@@ -208,13 +229,13 @@ class Trainer:
                 self.flush_metrics()
             if self.step % cfg.ckpt_every == 0:
                 self.snapshot()
-            why = SIGNALLED if stop.signum is not None else OUT_OF_TIME if self.past_deadline() else KEEP_GOING
-            why = max_over_ranks(why, self.ranks, self.device)
-            if why != KEEP_GOING:
+            why = Stop.SIGNALLED if stop.signum is not None else Stop.OUT_OF_TIME if self.past_deadline() else Stop.NOT
+            why = Stop(max_over_ranks(why, self.ranks, self.device))
+            if why != Stop.NOT:
                 return why
             if self.step >= total:
                 break
-        return KEEP_GOING
+        return Stop.NOT
 
     def set_lr(self, total: int) -> None:
         warmdown_steps = round(self.cfg.lr_warmdown * len(self.batches))
