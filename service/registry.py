@@ -180,27 +180,33 @@ class ModelRegistry:
         refused (once, with a log line); the one already serving stays, and the other models go on."""
         async with self.lock:
             for name in self.names():
-                try:
-                    versions = self.store.versions(name)
-                except (CheckpointError, OSError):
+                served = await self.newest_loadable(name)
+                if served is None:
                     continue
-                current = self.latest.get(name)
-                for version in reversed(versions):
-                    if current and version <= current.version:
-                        break
-                    if (name, version) in self.refused:
-                        continue
-                    try:
-                        served = await self.load(name, version)
-                    except CheckpointError:
-                        continue
-                    self.latest[name] = served
-                    if current:
-                        log.info("now serving %s v%d (was v%d)", name, version, current.version)
-                        self.retire(current)
-                    else:
-                        log.info("serving %s v%d", name, version)
-                    break
+                current, self.latest[name] = self.latest.get(name), served
+                if current:
+                    log.info("now serving %s v%d (was v%d)", name, served.version, current.version)
+                    self.retire(current)
+                else:
+                    log.info("serving %s v%d", name, served.version)
+
+    async def newest_loadable(self, name: str) -> ServedModel | None:
+        """The newest version of `name` above the one serving that loads, newest first; None if none."""
+        try:
+            versions = self.store.versions(name)
+        except (CheckpointError, OSError):
+            return None
+        current = self.latest.get(name)
+        for version in reversed(versions):
+            if current and version <= current.version:
+                return None
+            if (name, version) in self.refused:
+                continue
+            try:
+                return await self.load(name, version)
+            except CheckpointError:
+                continue
+        return None
 
     async def poll(self) -> None:
         while True:
