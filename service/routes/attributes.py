@@ -3,16 +3,16 @@
 import asyncio
 from typing import Annotated
 
-import torch
 from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 
 from models_core import views
 from models_core.attributes import AttributeDirections, edit_offsets
 from service.errors import ApiError, error_responses
 from service.registry import ServedModel
-from service.responses import grid_png, identity_headers, png_response
-from service.routes.images import (GET_PNG_409, UPLOAD_PNG, ProjectionSteps, ServedDep, Seed, decode, latents_of,
-                                   read_faces, render, require_latents_of_faces)
+from service.responses import grid_png
+from service.routes.images import (ProjectionSteps, ServedDep, Seed, decode, latents_of, read_faces, render,
+                                   require_latents_of_faces, upload_response)
+from service.routes.openapi_tables import GET_PNG_409, UPLOAD_PNG
 
 router = APIRouter(tags=["attributes"])
 
@@ -97,5 +97,4 @@ async def edit_uploads(
     zs = served.checkpoint.attributes.edit(z.float().cpu(), attribute, edit_offsets(span, steps), held)
     images = await decode(served, zs.reshape(-1, zs.shape[-1]))
     data = await asyncio.to_thread(grid_png, images, steps)
-    return png_response(data, identity_headers(served.name, served.version, served.precision.name, None)
-                        | made | {"Cache-Control": "no-store"})
+    return upload_response(served, data, made)

@@ -1,7 +1,8 @@
 """Image endpoints: every one returns a PNG grid."""
 
 import asyncio
-from typing import Annotated, AsyncIterator, Awaitable, Callable, Literal
+import contextlib
+from typing import Annotated, AsyncIterator, Awaitable, Callable, Iterator, Literal
 
 import torch
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
@@ -13,46 +14,14 @@ from models_core import views
 from models_core.latent import interpolation_path
 from service.admission import busy
 from service.batching import QueueFull, Retired
-from service.errors import ApiError, error_responses
+from service.errors import ApiError
 from service.projection import Projected, ProjectorBusy
 from service.registry import ModelRegistry, ServedModel
 from service.responses import IMMUTABLE, REVALIDATE, etag_for, grid_png, identity_headers, not_modified, png_response
+from service.routes.openapi_tables import GET_PNG, GET_PNG_409, GET_PROJECTED_PNG, UPLOAD_PNG
 
 router = APIRouter(tags=["images"])
 
-
-def header(description: str, type_: str = "string") -> dict:
-    return {"description": description, "schema": {"type": type_}}
-
-
-IDENTITY_HEADERS = {
-    "X-Model": header("name of the model that answered"),
-    "X-Model-Version": header("its version", "integer"),
-    "X-Precision": header("precision the images were computed in (fp32 or bf16): the bytes differ between them"),
-}
-CACHE_HEADERS = {
-    "ETag": header("identity of these bytes: model, version, precision and every parameter"),
-    "Cache-Control": header("immutable when the request named a version; revalidate when it asked for the latest"),
-    "X-Seed": header("the seed the latents came from, when they came from one", "integer"),
-}
-PROJECTION_HEADERS = {  # a GAN answers uploads by projecting them
-    "X-Projection-PSNR": header("a GAN's projections only: each face's PSNR against its projection, dB, comma-separated"),
-    "X-Projection-Steps": header("a GAN's projections only: optimisation steps run (fewer than asked when the time "
-                                 "limit stopped it)", "integer"),
-    "X-Projection-Seconds": header("a GAN's projections only: seconds the projection took", "number"),
-}
-
-
-def png(headers: dict) -> dict:
-    return {200: {"content": {"image/png": {}}, "description": "a PNG grid", "headers": headers}}
-
-
-NOT_MODIFIED = {304: {"description": "not modified: If-None-Match names this response's ETag",
-                      "headers": IDENTITY_HEADERS | CACHE_HEADERS}}
-GET_PNG = png(IDENTITY_HEADERS | CACHE_HEADERS) | NOT_MODIFIED | error_responses(404, 422, 503)  # every GET image route
-GET_PNG_409 = GET_PNG | error_responses(409)  # ... that a model may be unable to answer
-GET_PROJECTED_PNG = png(IDENTITY_HEADERS | CACHE_HEADERS | PROJECTION_HEADERS) | NOT_MODIFIED | error_responses(404, 409, 422, 503)
-UPLOAD_PNG = png(IDENTITY_HEADERS | PROJECTION_HEADERS) | error_responses(404, 409, 413, 415, 422, 503)
 
 Seed = Annotated[int, Query(ge=0, le=2**63 - 1, description="seed of the latents; same seed, same faces", examples=[0])]
 Nrow = Annotated[int | None, Query(ge=1, le=64, description="images per row (default: a square-ish grid)", examples=[8])]
@@ -93,18 +62,27 @@ def prior_latents(served: ServedModel, n: int, seed: int, temperature: float = 1
         raise ApiError(409, f"prior={prior} is not available for {served.name}", str(e)) from None
 
 
-async def decode(served: ServedModel, z: torch.Tensor) -> torch.Tensor:
+@contextlib.contextmanager
+def inference_refusals(served: ServedModel) -> Iterator[None]:
+    """The batcher's refusals as the API's 503s: busy (QueueFull), or the version just retired."""
     try:
-        return await served.batcher.decode(z)
+        yield
     except QueueFull as e:
         raise busy(served, e) from None
     except Retired:
-        raise retired(served) from None
+        raise ApiError(503, f"{served.name} v{served.version} was just retired", "retry: the request will be served "
+                       "by the version now being served", headers={"Retry-After": "1"}) from None
 
 
-def retired(served: ServedModel) -> ApiError:
-    return ApiError(503, f"{served.name} v{served.version} was just retired", "retry: the request will be served "
-                    "by the version now being served", headers={"Retry-After": "1"})
+async def decode(served: ServedModel, z: torch.Tensor) -> torch.Tensor:
+    with inference_refusals(served):
+        return await served.batcher.decode(z)
+
+
+def upload_response(served: ServedModel, data: bytes, made: dict[str, str]) -> Response:
+    """A PNG made from uploads: never cached, named by model, version and precision, plus what made it."""
+    return png_response(data, identity_headers(served.name, served.version, served.precision.name, None)
+                        | made | {"Cache-Control": "no-store"})
 
 
 async def cached_png(request: Request, served: ServedModel, params: dict, seed: int | None,
@@ -294,13 +272,8 @@ async def read_faces(request: Request, files: list[UploadFile], size: int) -> to
 
 async def embed(request: Request, served: ServedModel, faces: torch.Tensor) -> torch.Tensor:
     """Encode on an inference thread; the faces count against the model's admission budget like rows to decode."""
-    try:
-        with served.batcher.admit(len(faces)):
-            return await request.app.state.registry.workers.run(served.embed, faces)
-    except QueueFull as e:
-        raise busy(served, e) from None
-    except Retired:
-        raise retired(served) from None
+    with inference_refusals(served), served.batcher.admit(len(faces)):
+        return await request.app.state.registry.workers.run(served.embed, faces)
 
 
 def steps_to_run(request: Request, served: ServedModel, steps: int | None) -> int:
@@ -362,8 +335,7 @@ async def reconstruct_upload(
     require_latents_of_faces(request, served, len(files))
     faces = await read_faces(request, files, served.serving_net.cfg.img_size)
     data, headers = await reconstruction_png(request, served, faces, steps)
-    return png_response(data, identity_headers(served.name, served.version, served.precision.name, None)
-                        | headers | {"Cache-Control": "no-store"})
+    return upload_response(served, data, headers)
 
 
 @router.get("/reconstruct", responses=GET_PROJECTED_PNG, response_class=Response)
@@ -412,8 +384,7 @@ async def project_upload(
     projected = await project(request, served, faces, steps)
     pairs = torch.stack([to_uint8(faces), projected.images], 1).flatten(0, 1)  # face, G(z*), face, G(z*), ...
     data = await asyncio.to_thread(grid_png, pairs, 2)
-    return png_response(data, identity_headers(served.name, served.version, served.precision.name, None)
-                        | projected.headers() | {"Cache-Control": "no-store"})
+    return upload_response(served, data, projected.headers())
 
 
 @router.post("/interpolate", responses=UPLOAD_PNG, response_class=Response)
@@ -431,5 +402,4 @@ async def interpolate_uploads(
     z, made = await latents_of(request, served, faces, projection_steps)
     images = await decode(served, interpolation_path(z[:1], z[1:], steps, method)[0])
     data = await asyncio.to_thread(grid_png, images, steps)
-    return png_response(data, identity_headers(served.name, served.version, served.precision.name, None)
-                        | made | {"Cache-Control": "no-store"})
+    return upload_response(served, data, made)
