@@ -13,11 +13,19 @@ import torch
 Interpolation = Literal["slerp", "lerp"]
 
 
+def normal_rows(n: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(n, dim) draws from N(0, I), one row at a time, so that row i is the same whatever n is: torch.randn
+    fills a tensor differently depending on its size (the last 16 values of a 100-wide row 0 differed
+    between n=1 and n=16), and a seed must name the same face in a grid of 1 and of 16."""
+    return torch.stack([torch.randn(dim, generator=generator) for _ in range(n)]) if n else torch.empty(0, dim)
+
+
 def sample_prior(
     n: int, latent_dim: int, generator: torch.Generator | None = None, temperature: float = 1.0
 ) -> torch.Tensor:
-    """n draws from N(0, temperature² I), on the CPU so a seed means the same latents everywhere."""
-    return temperature * torch.randn(n, latent_dim, generator=generator)
+    """n draws from N(0, temperature² I), on the CPU so a seed means the same latents everywhere;
+    the first k of n draws are the k draws of the same seed."""
+    return temperature * normal_rows(n, latent_dim, generator)
 
 
 def lerp(z0: torch.Tensor, z1: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
@@ -129,7 +137,7 @@ class PcaBasis:
 
     def sample(self, n: int, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
         """(n, D) draws from the Gaussian this basis describes (mean, components, variances)."""
-        return self.to_latent(temperature * torch.randn(n, self.n_components, generator=generator))
+        return self.to_latent(temperature * normal_rows(n, self.n_components, generator))
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """(..., D) latents -> (..., K) coordinates in std units (inverse of to_latent on the span)."""
