@@ -13,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 from models_core.images import held_out_faces
 from service.admission import Admission
 from service.body_limit import BodyLimitMiddleware
+from service.docs_pages import install_offline_docs
 from service.errors import error_responses, install_error_handlers
 from service.guard import RequestGuard
 from service.methods import AllowedMethods
@@ -88,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await registry.close()
 
     app = Service(settings.shed_pace_ms / 1000, settings.shed_rate, title="facegen", description=DESCRIPTION,
-                  version="0.1.0", lifespan=lifespan,
+                  version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   responses=error_responses(413, 504))  # any route: a body where none is taken, the deadline
     app.state.settings, app.state.metrics = settings, metrics
     app.state.cache = PngCache(int(settings.cache_mb * 2**20))
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(attributes.router)
     app.include_router(meta.router)
+    install_offline_docs(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -205,3 +205,23 @@ def test_zoom_is_pixel_exact_and_leaves_the_permalinks_alone(page):
     page.click("#sample-next")  # a new image arrives zoomed too
     settle(page)
     assert page.eval_on_selector("#sample img[data-loaded='1']", "img => img.clientWidth === 3 * img.naturalWidth")
+
+
+def test_the_api_docs_render_with_no_request_leaving_the_machine(browser, server):
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    outside = []
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server.url)
+               else (outside.append(route.request.url), route.abort()))
+    try:
+        for path, rendered in (("/docs", ".opblock-summary-path"), ("/redoc", "[data-section-id]")):
+            page.goto(f"{server.url}{path}")
+            page.wait_for_selector(rendered, timeout=60_000)
+        page.goto(f"{server.url}/docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=60_000)
+        paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent)")
+        assert "/sample" in paths and "/edit" in paths
+        # Swagger UI and ReDoc came from the service itself; ReDoc's bundle asks only for its own logo, a decoration
+        assert all(url.startswith("https://cdn.redoc.ly/redoc/logo") for url in outside), outside
+    finally:
+        context.close()
