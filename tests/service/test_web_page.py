@@ -225,3 +225,17 @@ def test_the_api_docs_render_with_no_request_leaving_the_machine(browser, server
         assert all(url.startswith("https://cdn.redoc.ly/redoc/logo") for url in outside), outside
     finally:
         context.close()
+
+
+def test_the_page_starts_from_the_apis_defaults_and_names_things_once(page, server):
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    sample = {p["name"]: p["schema"].get("default") for p in schema["paths"]["/sample"]["get"]["parameters"]}
+    assert page.input_value("#sample-n") == str(sample["n"])  # 64 on both
+    assert page.input_value("#recon-steps") == ""  # empty: the API chooses (200, or 20 from an encoder)
+    assert "steps=" not in loaded_images(page, "#reconstruct")[0]["permalink"]
+    assert page.eval_on_selector_all("#model-a option", "os => os.map(o => o.textContent)")[:1] != ["gan (gan)"]
+    assert "gan" in page.eval_on_selector_all("#model-a option", "os => os.map(o => o.textContent)")
+    page.select_option("#model-a", "vae")
+    settle(page)
+    versions = page.eval_on_selector_all("#version-a option", "os => os.map(o => o.textContent)")
+    assert versions[0].startswith("latest (v") and versions[0][len("latest ("):-1] not in versions[1:], versions
