@@ -239,3 +239,17 @@ def test_the_page_starts_from_the_apis_defaults_and_names_things_once(page, serv
     settle(page)
     versions = page.eval_on_selector_all("#version-a option", "os => os.map(o => o.textContent)")
     assert versions[0].startswith("latest (v") and versions[0][len("latest ("):-1] not in versions[1:], versions
+
+
+def test_enter_menus_and_sliders_act_at_once(page):
+    page.fill("#sample-seed", "7")
+    page.press("#sample-seed", "Enter")  # no click on Sample
+    settle(page)
+    assert "seed=7" in loaded_images(page, "#sample")[0]["permalink"]
+    page.select_option("#pca-x", "2")  # no click on Show
+    settle(page)
+    assert "pc_x=2" in loaded_images(page, "#pca")[0]["permalink"]
+    # Dragging a slider redraws while it moves: only 'input' events, no 'change' (the release).
+    page.eval_on_selector("#slider-box input", "s => { s.value = '1.5'; s.dispatchEvent(new Event('input')); }")
+    page.wait_for_function("document.querySelector('#sliders img[data-loaded=\"1\"]') && "
+                           "document.querySelector('#sliders a.permalink').href.includes('coords=1.5')", timeout=30_000)
