@@ -253,3 +253,18 @@ def test_enter_menus_and_sliders_act_at_once(page):
     page.eval_on_selector("#slider-box input", "s => { s.value = '1.5'; s.dispatchEvent(new Event('input')); }")
     page.wait_for_function("document.querySelector('#sliders img[data-loaded=\"1\"]') && "
                            "document.querySelector('#sliders a.permalink').href.includes('coords=1.5')", timeout=30_000)
+
+
+def test_uploads_say_what_they_hold_and_flat_views_say_why(page, tmp_path):
+    assert page.text_content("label:has(#interp-file-a)").strip().startswith("from")
+    assert page.text_content("label:has(#interp-file-b)").strip().startswith("to")
+    paths = face_files(tmp_path, 2)
+    # A drop fills the file input too, so it no longer says "No file chosen".
+    page.evaluate("""async (names) => {
+        const dt = new DataTransfer();
+        for (const name of names) dt.items.add(new File([new Uint8Array([137, 80, 78, 71])], name, { type: "image/png" }));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }""", [Path(p).name for p in paths])
+    assert page.evaluate("document.getElementById('recon-files').files.length") == 2
+    assert "face0.png" in page.text_content("#recon-chosen")
+    assert "spreads meaning over all its dimensions" in page.text_content("#latent .note")
