@@ -251,8 +251,8 @@ def test_enter_menus_and_sliders_act_at_once(page):
     assert "pc_x=2" in loaded_images(page, "#pca")[0]["permalink"]
     # Dragging a slider redraws while it moves: only 'input' events, no 'change' (the release).
     page.eval_on_selector("#slider-box input", "s => { s.value = '1.5'; s.dispatchEvent(new Event('input')); }")
-    page.wait_for_function("document.querySelector('#sliders img[data-loaded=\"1\"]') && "
-                           "document.querySelector('#sliders a.permalink').href.includes('coords=1.5')", timeout=30_000)
+    page.wait_for_function("(document.querySelector('#sliders a.permalink') || {href: ''}).href.includes('coords=1.5')",
+                           timeout=30_000)
 
 
 def test_uploads_say_what_they_hold_and_flat_views_say_why(page, tmp_path):
@@ -268,3 +268,15 @@ def test_uploads_say_what_they_hold_and_flat_views_say_why(page, tmp_path):
     assert page.evaluate("document.getElementById('recon-files').files.length") == 2
     assert "face0.png" in page.text_content("#recon-chosen")
     assert "spreads meaning over all its dimensions" in page.text_content("#latent .note")
+
+
+def test_the_sliders_cover_the_principal_directions_asked_for(page):
+    page.fill("#slider-from", "2")
+    page.fill("#slider-count", "3")
+    page.press("#slider-count", "Tab")  # commits the value: a change event
+    settle(page)
+    labels = page.eval_on_selector_all("#slider-box input", "els => els.map(e => e.getAttribute('aria-label'))")
+    assert labels == ["PC 2", "PC 3", "PC 4"], labels
+    page.eval_on_selector("#slider-box input", "s => { s.value = '1.5'; s.dispatchEvent(new Event('input')); }")
+    page.wait_for_function("(document.querySelector('#sliders a.permalink') || {href: ''}).href"
+                           ".includes('coords=0%2C0%2C1.5%2C0%2C0')", timeout=30_000)
