@@ -1,4 +1,4 @@
-"""python -m trainer [train]: train (the default), prepare-data, evaluate, promote, directions, gan-encoder. Each has its own --help."""
+"""python -m trainer [train]: train (the default), prepare-data, evaluate, promote, directions, gan-encoder, study. Each has its own --help."""
 
 import argparse
 import importlib
@@ -22,6 +22,7 @@ Other commands:
   python -m trainer promote --model NAME --from DIR  copy a version into the served store
   python -m trainer directions --model NAME --data DIR  fit attribute directions (smile, ...) for a version
   python -m trainer gan-encoder --model NAME --data DIR  train an encoder that starts a GAN's projections
+  python -m trainer study --data DIR                the seed study's claims measured: report, plots, verdicts
 
 Multi-GPU: torchrun --standalone --nproc_per_node=N -m trainer --model gan --data DIR
 Multi-node: torchrun --nnodes=M --nproc_per_node=N --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT -m trainer ...
@@ -152,6 +153,7 @@ SUBCOMMANDS = {
     "promote": "trainer.promote",
     "directions": "trainer.directions",
     "gan-encoder": "trainer.gan_encoder",
+    "study": "trainer.study.cli",
 }
 
 

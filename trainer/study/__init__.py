@@ -1,0 +1,1 @@
+"""python -m trainer study: the seed study's claims measured on a checkpoint root (see trainer.study.cli)."""
