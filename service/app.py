@@ -8,6 +8,7 @@ from importlib import resources
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from models_core.images import held_out_faces
@@ -103,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(attributes.router)
     app.include_router(meta.router)
     install_offline_docs(app)
+    if settings.study_dir.is_dir():
+        app.mount("/study", StaticFiles(directory=settings.study_dir), name="study")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:

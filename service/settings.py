@@ -12,6 +12,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEGEN_", env_file=".env", extra="ignore")
 
     checkpoint_root: Path = Field(Path("checkpoints"), description="checkpoint store to serve from")
+    study_dir: Path = Field(Path("docs/study"), description="the study's report (python -m trainer study), served at "
+                            "/study/ and summarised on the page where the folder exists")
     models: list[str] | None = Field(None, description="model names to serve (JSON list); default: every model in the root")
     device: str = Field("cpu", description="cpu, cuda, cuda:N, or auto (CUDA where there is one)")
     precision: PrecisionChoice = Field("auto", description="auto: bf16 where the chip has native bf16 "

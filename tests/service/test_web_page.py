@@ -40,9 +40,25 @@ def server(tmp_path_factory):
     for name in ("ae", "vae", "gan"):  # the latest of each carries attribute directions
         ckpt = store.load(name)
         store.copy_from(store, name, extras=ckpt.extras | directions(ckpt.model.latent_dim).to_tensors())
-    server = start_server(store.root)
+    study = tmp_path_factory.mktemp("study")
+    write_study(study)
+    server = start_server(store.root, env={"FACEGEN_STUDY_DIR": str(study)})
     yield server
     server.stop()
+
+
+def write_study(folder: Path) -> None:
+    """A report as `python -m trainer study` writes it, two claims long."""
+    import json
+
+    Image.new("RGB", (200, 100), (20, 120, 200)).save(folder / "claim1.png")
+    claims = {"1": {"title": "Variance sits in a few principal components", "seed_words": "Most variance ...",
+                    "plot": "claim1.png", "verdict": {"verdict": "does not hold", "why": "vae: 80% at k = 43",
+                                                      "threshold": "k <= 20"}},
+              "7": {"title": "Training dynamics", "seed_words": "...", "plot": None,
+                    "verdict": {"verdict": "holds", "why": "GAN in balance", "threshold": "t"}}}
+    (folder / "study.json").write_text(json.dumps({"setup": {}, "claims": claims}))
+    (folder / "README.md").write_text("# The study, measured\n")
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +296,14 @@ def test_the_sliders_cover_the_principal_directions_asked_for(page):
     page.eval_on_selector("#slider-box input", "s => { s.value = '1.5'; s.dispatchEvent(new Event('input')); }")
     page.wait_for_function("(document.querySelector('#sliders a.permalink') || {href: ''}).href"
                            ".includes('coords=0%2C0%2C1.5%2C0%2C0')", timeout=30_000)
+
+
+def test_the_study_section_shows_the_verdicts_and_a_claims_plot(page, server):
+    assert page.is_visible("#study") and page.is_visible("#study-link")
+    rows = page.eval_on_selector_all("#study-rows tr", "trs => trs.map(tr => [...tr.cells].map(c => c.textContent))")
+    assert rows == [["1", "Variance sits in a few principal components", "vae: 80% at k = 43", "does not hold"],
+                    ["7", "Training dynamics", "GAN in balance", "holds"]]
+    page.click("#study-rows tr >> nth=0")
+    page.wait_for_function("document.getElementById('study-plot').naturalWidth === 200")
+    assert "k <= 20" in page.text_content("#study-caption")
+    assert httpx.get(f"{server.url}/study/README.md").text.startswith("# The study")

@@ -20,13 +20,14 @@ import torch
 from models_core.checkpoint import CheckpointError, CheckpointStore
 from models_core.device import resolve_device
 from models_core.figures import Renderer
-from models_core.precision import PRECISIONS, choose_precision
+from models_core.precision import PRECISIONS, choose_precision, cpu_flags
 from trainer.config import TRAINING_STORE_HELP, default_runs_dir, training_store
 from trainer.data import PackedFaces, SourceError
 from trainer.fid import InceptionUnavailable, load_inception
 from trainer.study import claims, plots
 from trainer.study.report import write_report
 
+BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 MEASURES = {
     "1": (claims.claim1_variance, lambda p, f, path: plots.variance(p, path)),
     "2": (claims.claim2_compression, lambda p, f, path: plots.compression(p, path)),
@@ -59,9 +60,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, default=default_runs_dir(), help="run folders whose metrics.jsonl claim 7 "
                    "plots: the newest VAE and GAN runs there (default: $FACEGEN_RUNS_DIR or runs/)")
     p.add_argument("--out", type=Path, default=Path("docs/study"), help="report folder (default: %(default)s)")
-    p.add_argument("--n", type=int, default=500, help="faces and samples per set (default: %(default)s; FID is biased "
+    p.add_argument("--n", type=int, default=400, help="faces and samples per set (default: %(default)s; FID is biased "
                    "upwards at small N, so compare FIDs only within one report)")
-    p.add_argument("--ppl-paths", type=int, default=100, help="paths per perceptual-path-length estimate (default: %(default)s)")
+    p.add_argument("--ppl-paths", type=int, default=64, help="paths per perceptual-path-length estimate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of every sample, path and subset (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="decoding precision (default: %(default)s, "
                    "so the figures do not depend on the chip)")
@@ -97,7 +98,7 @@ def setup_facts(args, study: claims.Study, argv: list[str]) -> dict:
                 f" faces (fingerprint {data.fingerprint[:12]}); PCA fitted on {data.held_out()}, scored on {data.held_out(scoring=True)}",
         "N per set": args.n, "PPL paths": args.ppl_paths, "seed": args.seed, "precision": args.precision,
         "Inception (FID, KID, PPL)": "yes" if study.inception is not None else "no (--no-fid or not installed)",
-        "hardware": f"{cpu_name()}, {torch.get_num_threads()} threads",
+        "hardware": f"{cpu_name()}, {torch.get_num_threads()} threads, bf16: {'yes' if cpu_flags() & BF16_FLAGS else 'no'}",
     }
 
 
@@ -127,7 +128,8 @@ def main(argv: list[str]) -> int:
         results[number] = {"figures": figures, "verdict": verdict.to_dict()}
         print(f"claim {number}: {verdict.verdict} ({verdict.why}) [{time.monotonic() - t0:.0f} s]", flush=True)
     setup = setup_facts(args, study, argv)
-    setup["time"] = f"{time.monotonic() - started:.0f} s"
+    setup["time"] = (f"{time.monotonic() - started:.0f} s, with {study.cache_hits} of "
+                     f"{study.cache_hits + study.cache_misses} generated sets' Inception features from the cache")
     write_report(args.out, setup, results, written)
     print(f"wrote {args.out / 'README.md'}, {args.out / 'study.json'} and {len(written)} plots in {setup['time']}")
     return 0

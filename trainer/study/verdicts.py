@@ -17,6 +17,7 @@ EVEN_STEPS = 0.5  # claim 4: neighbouring grid tiles change evenly when their di
 SEMANTIC_R = 0.3  # claim 5: a PC "corresponds" to an attribute at |Pearson r| >= this
 SHARPER = 1.5  # claim 6: "noticeably sharper" = Laplacian variance at least 1.5× the VAE's
 SOMEWHAT_SHARPER = 1.1
+EARLY = 0.02  # claim 7: "early on" = the first 2% of a run's logged steps
 RECON_DOMINATES = 0.9  # claim 7: reconstruction's share of the VAE loss early on
 KL_KICKS_IN = 2.0  # claim 7: the KL (nats) at the end at least 2× its early value
 D_DOMINATES = 0.8  # claim 7: D(x) - D(G(z)) above this means D wins outright
@@ -147,7 +148,7 @@ def training_dynamics(vae: dict | None, gan: dict | None) -> Verdict:
         why.append(f"GAN: in balance at {share:.0%} of the late logged steps")
     if not parts:
         return Verdict(NOT_MEASURED, "", "no run log (metrics.jsonl) of a VAE or GAN under --runs")
-    return Verdict(combine(parts), f"VAE: reconstruction >= {RECON_DOMINATES:.0%} of the loss over the first 10% of steps, "
+    return Verdict(combine(parts), f"VAE: reconstruction >= {RECON_DOMINATES:.0%} of the loss over the first {EARLY:.0%} of logged steps, "
                    f"and the KL at the end >= {KL_KICKS_IN:g}× its early value; GAN: over the last half, neither side "
                    f"dominates (D(x) - D(G(z)) < {D_DOMINATES} and D(G(z)) < D(x)) at >= {BALANCED_SHARE:.0%} of logged steps",
                    "; ".join(why))
