@@ -3,6 +3,8 @@
 import fnmatch
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,14 +35,46 @@ def test_service_matches_the_settings_and_routes():
     env = service["environment"]
     assert set(env) <= settings_env_names(), set(env) - settings_env_names()
     Settings(**{k.removeprefix("FACEGEN_").lower(): v for k, v in env.items() if "${" not in str(v)})  # values validate
-    published, container = service["ports"][0].rsplit(":", 1)
-    assert container == env["FACEGEN_PORT"] and env["FACEGEN_HOST"] == "0.0.0.0"
+    assert "ports" not in service and service["expose"] == [env["FACEGEN_PORT"]]  # no host port: --scale works
+    assert env["FACEGEN_HOST"] == "0.0.0.0"
     probe = " ".join(service["healthcheck"]["test"])
     path = re.search(r"127\.0\.0\.1:(\d+)(/\w+)", probe)
     assert path.group(1) == env["FACEGEN_PORT"] and path.group(2) == "/readyz"
     assert "/readyz" in create_app(Settings(_env_file=None)).openapi()["paths"]
     assert "checkpoints:/checkpoints:ro" in service["volumes"]
     assert service["restart"] == "unless-stopped"
+
+
+def seconds(duration: str) -> float:
+    return float(duration.removesuffix("s"))
+
+
+def test_replicas_sit_behind_nginx_with_the_same_health_semantics():
+    services = compose()["services"]
+    lb, service = services["lb"], services["service"]
+    env = service["environment"]
+    assert lb["ports"][0].rsplit(":", 1)[1] == "80"
+    assert lb["depends_on"]["service"]["condition"] == "service_healthy"
+    assert "/readyz" in " ".join(lb["healthcheck"]["test"])  # ready only when a replica behind it is
+    source, target = lb["volumes"][0].split(":")[:2]
+    conf = (ROOT / source).read_text()
+    assert target == "/etc/nginx/conf.d/default.conf"
+    assert re.search(rf"set \$replicas service:{env['FACEGEN_PORT']};", conf) and "proxy_pass http://$replicas;" in conf
+    assert re.search(r"proxy_next_upstream error", conf)  # a closed replica's GET goes to another one
+    settings = Settings(_env_file=None, **{k.removeprefix("FACEGEN_").lower(): v for k, v in env.items() if "${" not in str(v)})
+    assert int(re.search(r"client_max_body_size (\d+)m;", conf).group(1)) * 2**20 > settings.max_upload_bytes
+    assert float(re.search(r"proxy_read_timeout (\d+)s;", conf).group(1)) > settings.request_timeout_s
+    assert seconds(service["stop_grace_period"]) > settings.shutdown_grace_s
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (.ci/run installs it)")
+def test_the_nginx_config_is_accepted_by_nginx(tmp_path):
+    conf = ROOT / "deploy" / "nginx" / "facegen.conf"
+    main = tmp_path / "nginx.conf"
+    main.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+                    f"http {{\n client_body_temp_path {tmp_path};\n include {conf};\n}}\n")
+    r = subprocess.run(["nginx", "-t", "-c", str(main), "-p", str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
 
 
 def test_the_trainer_trains_into_its_own_store_and_promotes_into_the_volume_the_service_reads(monkeypatch):
