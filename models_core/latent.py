@@ -70,19 +70,18 @@ def interpolation_path(
 
 def latent_sweep(base: torch.Tensor, dim_x: int, dim_y: int, span: float = 3.0, steps: int = 10) -> torch.Tensor:
     """(D,) -> (steps, steps, D): `base` with dim_y swept down the rows and dim_x across the
-    columns over [-span, span]; the seed's latent-space grid."""
+    columns over [-span, span]; the seed's latent-space grid. The same dimension on both axes takes the
+    sum of the two sweeps: it changes along the grid's diagonals."""
     d = base.shape[-1]
     for name, dim in (("dim_x", dim_x), ("dim_y", dim_y)):
         if not 0 <= dim < d:
             raise ValueError(f"{name}={dim} is out of range: the latent has dims 0..{d - 1}")
-    if dim_x == dim_y:
-        raise ValueError(f"dim_x and dim_y must differ, both are {dim_x}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     values = torch.linspace(-span, span, steps, dtype=base.dtype, device=base.device)
     grid = base.expand(steps, steps, d).clone()
     grid[:, :, dim_y] = values[:, None]
-    grid[:, :, dim_x] = values[None, :]
+    grid[:, :, dim_x] = values[None, :] + (values[:, None] if dim_x == dim_y else 0)
     return grid
 
 

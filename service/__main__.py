@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import threading
 from typing import Literal, get_args, get_origin
 
 import uvicorn
@@ -27,6 +28,25 @@ def add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument(flag, choices=choices, help=f"{field.description} (default: {field.default})")
 
 
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM /readyz turns 503 at once; the server answers on for `drain_s`, then uvicorn stops accepting, lets
+    in-flight requests finish for shutdown_grace_s and exits. A second signal cuts the drain short."""
+
+    def __init__(self, config: uvicorn.Config, state, drain_s: float):
+        super().__init__(config)
+        self.state, self.drain_s = state, drain_s
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.state.draining or not self.drain_s:
+            self.state.draining = True
+            return super().handle_exit(sig, frame)
+        self.state.draining = True
+        logging.getLogger(__name__).info("draining: /readyz is 503; closing the listener in %.1f s", self.drain_s)
+        timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
+        timer.daemon = True
+        timer.start()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m service",
@@ -44,9 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for shutdown_grace_s, then exits.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                access_log=settings.access_log, timeout_graceful_shutdown=settings.shutdown_grace_s)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                            access_log=settings.access_log, timeout_graceful_shutdown=settings.shutdown_grace_s)
+    DrainingServer(config, app.state, settings.drain_s).run()
 
 
 if __name__ == "__main__":

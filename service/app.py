@@ -6,7 +6,7 @@ import gc
 import logging
 from importlib import resources
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -15,7 +15,7 @@ from models_core.images import held_out_faces
 from service.admission import Admission
 from service.body_limit import BodyLimitMiddleware
 from service.docs_pages import install_offline_docs
-from service.errors import error_responses, install_error_handlers
+from service.errors import error_responses, install_error_handlers, one_value_per_parameter
 from service.guard import RequestGuard
 from service.methods import AllowedMethods
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
@@ -91,8 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = Service(settings.shed_pace_ms / 1000, settings.shed_rate, title="facegen", description=DESCRIPTION,
                   version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  dependencies=[Depends(one_value_per_parameter)],
                   responses=error_responses(413, 504))  # any route: a body where none is taken, the deadline
     app.state.settings, app.state.metrics = settings, metrics
+    app.state.draining = False  # set on SIGTERM (python -m service): /readyz answers 503 from then on
     app.state.cache = PngCache(int(settings.cache_mb * 2**20))
     app.state.faces = held_out_faces()
     install_error_handlers(app)

@@ -3,9 +3,12 @@
 import json
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
 
@@ -39,9 +42,24 @@ def error_responses(*statuses: int) -> dict:
     return {status: {"model": ErrorBody, "description": ERRORS[status]} for status in statuses}
 
 
+def query_names(dependant: Dependant) -> set[str]:
+    return {p.alias for p in dependant.query_params}.union(*(query_names(d) for d in dependant.dependencies))
+
+
+def one_value_per_parameter(request: Request) -> None:
+    """A query parameter given twice is refused: FastAPI would quietly keep the last one, and every one is scalar."""
+    route = request.scope.get("route")
+    declared = query_names(route.dependant) if route is not None else set()
+    repeated = sorted({k for k in request.query_params if k in declared and len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        problems = [{"parameter": k, "problem": "given more than once; it takes one value"} for k in repeated]
+        raise ApiError(422, f"invalid request: {', '.join(repeated)} given more than once", problems=problems)
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: str | None = None, headers: dict[str, str] | None = None):
-        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+    def __init__(self, status: int, error: str, detail: str | None = None, headers: dict[str, str] | None = None,
+                 problems: list[dict] | None = None):
+        self.status, self.error, self.detail, self.headers, self.problems = status, error, detail, headers, problems
 
 
 async def send_error(send: Send, status: int, error: str, detail: str | None = None,
@@ -57,6 +75,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         body = {"error": exc.error} | ({"detail": exc.detail} if exc.detail else {})
+        body |= {"problems": exc.problems} if exc.problems else {}
         return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -67,3 +86,12 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         summary = "; ".join(f"{p['parameter']}: {p['problem']}" for p in problems)
         return JSONResponse({"error": f"invalid request: {summary}", "problems": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # The framework's one 400: a body that does not parse as multipart/form-data. For this API that is an
+        # upload that cannot be decoded, a 422 with the documented body, like every other bad upload.
+        if exc.status_code == 400:
+            return JSONResponse({"error": f"invalid request: {exc.detail}",
+                                 "detail": "send multipart/form-data with the face images as files"}, status_code=422)
+        return await http_exception_handler(request, exc)

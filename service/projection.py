@@ -61,8 +61,10 @@ class Projector:
         self.on_steps, self.on_end = on_steps, on_end
         self.running = 0
 
-    async def project(self, served, faces: torch.Tensor, steps: int) -> Projected:
-        """Faces (B, C, H, W) in [-1, 1] projected into `served`'s generator. Raises ProjectorBusy."""
+    async def project(self, served, faces: torch.Tensor, steps: int, time_limit_s: float | None = None) -> Projected:
+        """Faces (B, C, H, W) in [-1, 1] projected into `served`'s generator, stopping at `steps` or at the time
+        limit (the service's, or a shorter one for this request). Raises ProjectorBusy."""
+        limit = min(self.time_limit_s, time_limit_s or math.inf)
         if self.running >= self.max_running:
             raise ProjectorBusy(retry_after=max(1, math.ceil(self.time_limit_s / 4)))
         self.running += 1
@@ -72,7 +74,7 @@ class Projector:
             start = loop.time()
             cfg = ProjectionConfig(steps=steps)
             p = await self.run(served.start_projection, faces, cfg)
-            while not p.finished and loop.time() - start < self.time_limit_s:
+            while not p.finished and loop.time() - start < limit:
                 n = await self.run(advance_for, p, self.slice_s)
                 self.on_steps(served.name, n)
             z, images, psnr = await self.run(finish, p)

@@ -71,3 +71,6 @@ class Settings(BaseSettings):
                                   "that already hold it; past it they get a 503 with Retry-After")
     shutdown_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, how long in-flight requests get to finish "
                                     "before the process exits (Docker's default stop timeout is 10 s)")
+    drain_s: float = Field(0.0, ge=0, description="on SIGTERM, how long the server keeps answering with /readyz at "
+                           "503 before it closes its listener, so a load balancer that polls readiness stops sending "
+                           "first (Kubernetes: its preStop pause does this)")

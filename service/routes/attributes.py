@@ -3,15 +3,15 @@
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Query, Request, Response
 
 from models_core import views
 from models_core.attributes import AttributeDirections, edit_offsets
 from service.errors import ApiError, error_responses
 from service.registry import ServedModel
 from service.responses import grid_png
-from service.routes.images import (ProjectionSteps, ServedDep, Seed, decode, latents_of, read_faces, render,
-                                   require_latents_of_faces, upload_response)
+from service.routes.images import (FaceFile, ProjectionSteps, ServedDep, Seed, decode, latents_of,
+                                   read_faces, render, require_latents_of_faces, upload_response)
 from service.routes.openapi_tables import GET_PNG_409, UPLOAD_PNG
 
 router = APIRouter(tags=["attributes"])
@@ -44,7 +44,7 @@ def check_edit(served: ServedModel, attribute: str, hold: str) -> list[str]:
     held = sorted({h for h in hold.split(",") if h} - {attribute})  # one spelling per edit, one cache entry
     for name in [attribute, *held]:
         if name not in directions:
-            raise ApiError(422, f"unknown attribute {name!r} for {served.name} v{served.version}",
+            raise ApiError(404, f"unknown attribute {name!r} for {served.name} v{served.version}",
                            f"known: {', '.join(directions.names)}")
     try:
         directions.conditioned(attribute, held)
@@ -83,7 +83,7 @@ async def edit(
 @router.post("/edit", responses=UPLOAD_PNG, response_class=Response)
 async def edit_uploads(
     request: Request, served: ServedDep, attribute: Attribute,
-    files: Annotated[list[UploadFile], File(min_length=1, max_length=64, description="face images (PNG, JPEG, WebP; "
+    files: Annotated[list[FaceFile], File(min_length=1, max_length=64, description="face images (PNG, JPEG, WebP; "
                                             "for a GAN at most FACEGEN_MAX_PROJECTION_FACES, 8): each is centre-cropped "
                                             "and resized to 64×64, then encoded (AE/VAE) or projected (GAN)")],
     steps: EditSteps = 5, span: EditSpan = DEFAULT_SPAN, hold: Hold = "", projection_steps: ProjectionSteps = None,

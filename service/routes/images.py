@@ -6,6 +6,7 @@ from typing import Annotated, AsyncIterator, Awaitable, Callable, Iterator, Lite
 
 import torch
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+from pydantic import WithJsonSchema
 
 from models_core.checkpoint import MODEL_NAME_RE, PRIORS
 from models_core.images import (ImageDecodeError, UnsupportedImage, decode_image, originals_over_reconstructions, square_nrow,
@@ -46,6 +47,11 @@ async def served_model(
 
 
 ServedDep = Annotated[ServedModel, Depends(served_model)]
+MAX_SAMPLE = 256  # faces one /sample may ask for
+DEFAULT_ANSWER_S = 6.0  # a GAN projection whose steps are left out (no encoder) stops here: its time budget
+# An uploaded face: the schema says it is not empty, as the server enforces (an empty file is a 422).
+FaceFile = Annotated[UploadFile, WithJsonSchema({"type": "string", "contentMediaType": "application/octet-stream",
+                                                 "minLength": 1})]
 CentreSeed = Annotated[int, Query(ge=0, le=2**63 - 1, description="with centre=sample: the seed of the sample at "
                        "the centre", examples=[0])]
 Centre = Literal["sample", "mean", "zero"]
@@ -100,6 +106,8 @@ async def cached_png(request: Request, served: ServedModel, params: dict, seed: 
         data, made, keep = await make()
         if keep:
             cache.put(etag, data, made)
+        else:  # stopped by a time limit: not the parameters' answer, so nothing may cache it under their ETag
+            headers = {k: v for k, v in headers.items() if k != "ETag"} | {"Cache-Control": "no-store"}
     else:
         data, made = hit
     return png_response(data, headers | made)
@@ -118,7 +126,7 @@ async def render(request: Request, served: ServedModel, params: dict, seed: int 
 @router.get("/sample", responses=GET_PNG_409, response_class=Response)
 async def sample(
     request: Request, served: ServedDep, seed: Seed = 0, nrow: Nrow = None,
-    n: Annotated[int, Query(ge=1, le=256, description="number of faces", examples=[64])] = 64,
+    n: Annotated[int, Query(ge=1, le=MAX_SAMPLE, description="number of faces", examples=[64])] = 64,
     temperature: Annotated[float, Query(gt=0, le=5, description="scale of the latents (lower: safer, plainer faces)", examples=[1.0])] = 1.0,
     prior: Annotated[Literal[PRIORS], Query(
         description="standard: N(0, I); fitted: the Gaussian of held-out faces' latents (AE/VAE); "
@@ -149,9 +157,9 @@ async def interpolate(
 async def pca_grid(
     request: Request, served: ServedDep, span: Span = 3.0, steps: GridSteps = 10,
     pc_x: Annotated[int, Query(ge=0, description="principal direction across the columns: below the model's "
-                               "pca_components (in /models), and not pc_y", examples=[0])] = 0,
+                               "pca_components (in /models); the same as pc_y moves one direction along the diagonals", examples=[0])] = 0,
     pc_y: Annotated[int, Query(ge=0, description="principal direction down the rows: below the model's "
-                               "pca_components (in /models), and not pc_x", examples=[1])] = 1,
+                               "pca_components (in /models)", examples=[1])] = 1,
     seed: CentreSeed = 0,
     centre: Annotated[Literal["sample", "mean"], Query(description=CENTRE_DOC)] = "sample",
 ) -> Response:
@@ -161,8 +169,6 @@ async def pca_grid(
         if pc >= basis.n_components:
             raise ApiError(409, f"{name}={pc} is beyond the stored components",
                            f"{served.name} v{served.version} has components 0..{basis.n_components - 1}")
-    if pc_x == pc_y:
-        raise ApiError(422, "pc_x and pc_y must differ", f"both are {pc_x}")
     params = dict(pc_x=pc_x, pc_y=pc_y, span=span, steps=steps, seed=seed, centre=centre)
 
     return await render(request, served, params, seed if centre == "sample" else None, steps,
@@ -204,7 +210,7 @@ async def latent_grid(
     dim_x: Annotated[int, Query(ge=0, description="latent dimension across the columns: below the model's latent_dim "
                                 "(in /models), and not dim_y", examples=[0])] = 0,
     dim_y: Annotated[int, Query(ge=0, description="latent dimension down the rows: below the model's latent_dim "
-                                "(in /models), and not dim_x", examples=[1])] = 1,
+                                "(in /models); the same as dim_x moves one dimension along the diagonals", examples=[1])] = 1,
     seed: CentreSeed = 0,
     centre: Annotated[Centre, Query(description=CENTRE_DOC)] = "sample",
     units: Annotated[Literal["std", "absolute"], Query(description="std (default): span counts standard deviations of "
@@ -218,8 +224,6 @@ async def latent_grid(
     for name, dim in (("dim_x", dim_x), ("dim_y", dim_y)):
         if dim >= d:
             raise ApiError(409, f"{name}={dim} is beyond the latent", f"{served.name} has latent dims 0..{d - 1}")
-    if dim_x == dim_y:
-        raise ApiError(422, "dim_x and dim_y must differ", f"both are {dim_x}")
     params = dict(dim_x=dim_x, dim_y=dim_y, span=span, steps=steps, seed=seed, centre=centre, units=units)
 
     return await render(request, served, params, seed if centre == "sample" else None, steps,
@@ -233,11 +237,13 @@ def require_basis(served: ServedModel):
 
 
 ProjectionSteps = Annotated[int | None, Query(ge=0, le=1000, description="GAN only: Adam steps of the projection "
-                            "that finds each face's latent (default FACEGEN_PROJECTION_STEPS, 200, or FACEGEN_ENCODER_PROJECTION_STEPS, 20, for a "
-                            "version with an encoder); the projection also "
-                            "stops at FACEGEN_PROJECTION_TIME_S, and X-Projection-Steps says how many ran. A version with "
+                            "that finds each face's latent. Long by nature: about 9 s a face for 200 steps on 2 CPU "
+                            "cores without bf16. Left out: FACEGEN_PROJECTION_STEPS (200) but at most "
+                            f"{DEFAULT_ANSWER_S:g} s of projection, so the default answers within 10 s; "
+                            "FACEGEN_ENCODER_PROJECTION_STEPS (20) for a version with an encoder. Any projection "
+                            "stops at FACEGEN_PROJECTION_TIME_S, and X-Projection-Steps says how many steps ran. A version with "
                             "an encoder starts from its encoding E(x); 0 returns E(x) alone (0 is refused without an "
-                            "encoder)", examples=[200])]
+                            "encoder)", examples=[50])]
 
 
 def require_latents_of_faces(request: Request, served: ServedModel, n_faces: int = 1) -> None:
@@ -287,10 +293,13 @@ def steps_to_run(request: Request, served: ServedModel, steps: int | None) -> in
     return settings.encoder_projection_steps if served.encoder is not None else settings.projection_steps
 
 
-async def project(request: Request, served: ServedModel, faces: torch.Tensor, steps: int | None) -> Projected:
+async def project(request: Request, served: ServedModel, faces: torch.Tensor, steps: int | None,
+                  time_limit_s: float | None = None) -> Projected:
+    if steps is None and served.encoder is None and time_limit_s is None:
+        time_limit_s = DEFAULT_ANSWER_S  # defaults answer within 10 s on 2 CPU cores; more steps are for asking
     steps = steps_to_run(request, served, steps)
     try:
-        return await request.app.state.projector.project(served, faces, steps)
+        return await request.app.state.projector.project(served, faces, steps, time_limit_s)
     except ProjectorBusy as e:
         raise ApiError(503, "every projection slot is taken", f"{request.app.state.projector.max_running} projections "
                        f"run at once (FACEGEN_MAX_PROJECTIONS); retry after {e.retry_after} s",
@@ -306,18 +315,18 @@ async def latents_of(request: Request, served: ServedModel, faces: torch.Tensor,
     return projected.z, projected.headers()
 
 
-async def reconstruct(request: Request, served: ServedModel, faces: torch.Tensor,
-                      steps: int | None) -> tuple[torch.Tensor, dict[str, str]]:
+async def reconstruct(request: Request, served: ServedModel, faces: torch.Tensor, steps: int | None,
+                      time_limit_s: float | None = None) -> tuple[torch.Tensor, dict[str, str]]:
     """uint8 decodings of the faces' latents, and headers describing them."""
     if served.has_encoder:
         return await decode(served, await embed(request, served, faces)), {}
-    projected = await project(request, served, faces, steps)  # it has decoded G(z*) already
+    projected = await project(request, served, faces, steps, time_limit_s)  # it has decoded G(z*) already
     return projected.images, projected.headers()
 
 
-async def reconstruction_png(request: Request, served: ServedModel, faces: torch.Tensor,
-                             steps: int | None) -> tuple[bytes, dict[str, str]]:
-    recon, headers = await reconstruct(request, served, faces, steps)
+async def reconstruction_png(request: Request, served: ServedModel, faces: torch.Tensor, steps: int | None,
+                             time_limit_s: float | None = None) -> tuple[bytes, dict[str, str]]:
+    recon, headers = await reconstruct(request, served, faces, steps, time_limit_s)
     images, width = originals_over_reconstructions(faces, recon)
     return await asyncio.to_thread(grid_png, images, width), headers
 
@@ -325,7 +334,7 @@ async def reconstruction_png(request: Request, served: ServedModel, faces: torch
 @router.post("/reconstruct", responses=UPLOAD_PNG, response_class=Response)
 async def reconstruct_upload(
     request: Request, served: ServedDep,
-    files: Annotated[list[UploadFile], File(min_length=1, max_length=64, description="1-64 face images (PNG, JPEG, "
+    files: Annotated[list[FaceFile], File(min_length=1, max_length=64, description="1-64 face images (PNG, JPEG, "
                                             "WebP; at most FACEGEN_MAX_FILES, and FACEGEN_MAX_PROJECTION_FACES (8) for a "
                                             "GAN); each is centre-cropped and resized to 64×64")],
     steps: ProjectionSteps = None,
@@ -341,20 +350,26 @@ async def reconstruct_upload(
 @router.get("/reconstruct", responses=GET_PROJECTED_PNG, response_class=Response)
 async def reconstruct_bundled(
     request: Request, served: ServedDep, seed: Seed = 0,
-    n: Annotated[int, Query(ge=1, le=64, description="how many of the bundled held-out faces (a GAN projects at most "
-                            "FACEGEN_MAX_PROJECTION_FACES, 8)", examples=[8])] = 8,
+    n: Annotated[int | None, Query(ge=1, le=64, description="how many of the bundled held-out faces (default: 8 "
+                                   "through an encoder, 1 by projection; a GAN projects at most "
+                                   "FACEGEN_MAX_PROJECTION_FACES, 8)", examples=[1])] = None,
     steps: ProjectionSteps = None,
 ) -> Response:
-    """Held-out faces shipped with the service above the model's reconstructions of them (a GAN's through projection)."""
+    """Held-out faces shipped with the service above the model's reconstructions of them.
+
+    A GAN has no encoder: its reconstructions are projections, long by nature (about 9 s a face at 200 steps
+    on 2 CPU cores without bf16). So its defaults are one face, and, when `steps` is left out, at most
+    DEFAULT_ANSWER_S seconds of projection: the X-Projection-Steps header says how many steps ran."""
     bundled = request.app.state.faces
-    n = min(n, len(bundled))
+    quick = steps is None and not served.has_encoder
+    n = min(n or (8 if served.has_encoder else 1), len(bundled))
     require_latents_of_faces(request, served, n)
     steps = None if served.has_encoder else steps_to_run(request, served, steps)
-    params = dict(seed=seed, n=n, steps=steps)
+    params = dict(seed=seed, n=n, steps=steps) | ({"budget_s": DEFAULT_ANSWER_S} if quick else {})
 
     async def make():
         pick = torch.randperm(len(bundled), generator=torch.Generator().manual_seed(seed))[:n]
-        data, made = await reconstruction_png(request, served, bundled[pick], steps)
+        data, made = await reconstruction_png(request, served, bundled[pick], steps, DEFAULT_ANSWER_S if quick else None)
         # a projection stopped by the time limit is not the answer for these parameters
         return data, made, made.get("X-Projection-Steps", str(steps)) == str(steps)
 
@@ -364,7 +379,7 @@ async def reconstruct_bundled(
 @router.post("/project", responses=UPLOAD_PNG, response_class=Response)
 async def project_upload(
     request: Request, served: ServedDep,
-    files: Annotated[list[UploadFile], File(min_length=1, max_length=64, description="face images (PNG, JPEG, WebP; "
+    files: Annotated[list[FaceFile], File(min_length=1, max_length=64, description="face images (PNG, JPEG, WebP; "
                                             "at most FACEGEN_MAX_PROJECTION_FACES, 8); each is centre-cropped and "
                                             "resized to 64×64")],
     steps: ProjectionSteps = None,
@@ -390,8 +405,8 @@ async def project_upload(
 @router.post("/interpolate", responses=UPLOAD_PNG, response_class=Response)
 async def interpolate_uploads(
     request: Request, served: ServedDep,
-    a: Annotated[UploadFile, File(description="first face image")],
-    b: Annotated[UploadFile, File(description="second face image")],
+    a: Annotated[FaceFile, File(description="first face image")],
+    b: Annotated[FaceFile, File(description="second face image")],
     steps: Annotated[int, Query(ge=2, le=32, description="images along the path, ends included")] = 8,
     method: Annotated[Literal["slerp", "lerp"], Query(description="great-circle (slerp) or straight (lerp) path")] = "slerp",
     projection_steps: ProjectionSteps = None,

@@ -36,10 +36,10 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when at least one model is loaded."""
+    """Ready when at least one model is loaded and the server is not shutting down."""
     served = {n: s.version for n, s in request.app.state.registry.latest.items()}
-    status = 200 if served else 503
-    return JSONResponse({"status": "ready" if served else "no models loaded", "models": served}, status_code=status)
+    status = "draining" if request.app.state.draining else "ready" if served else "no models loaded"
+    return JSONResponse({"status": status, "models": served}, status_code=200 if status == "ready" else 503)
 
 
 @router.get("/metrics", response_class=Response)

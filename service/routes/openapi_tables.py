@@ -13,8 +13,10 @@ IDENTITY_HEADERS = {
     "X-Precision": header("precision the images were computed in (fp32 or bf16): the bytes differ between them"),
 }
 CACHE_HEADERS = {
-    "ETag": header("identity of these bytes: model, version, precision and every parameter"),
-    "Cache-Control": header("immutable when the request named a version; revalidate when it asked for the latest"),
+    "ETag": header("identity of these bytes: model, version, precision and every parameter (absent when a time "
+                   "limit stopped a projection: those bytes are not the parameters' answer)"),
+    "Cache-Control": header("immutable when the request named a version; revalidate when it asked for the latest; "
+                            "no-store when a time limit stopped a projection"),
     "X-Seed": header("the seed the latents came from, when they came from one", "integer"),
 }
 PROJECTION_HEADERS = {  # a GAN answers uploads by projecting them

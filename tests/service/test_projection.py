@@ -55,6 +55,28 @@ def test_projecting_a_generated_face_recovers_it(client):
     assert again.content == r.content and again.headers["x-projection-psnr"] == r.headers["x-projection-psnr"]
 
 
+def test_by_default_a_gan_reconstructs_one_face_and_an_encoder_eight(client):
+    """A projection takes seconds a face on a CPU: the default answers within a client's usual 10 s."""
+    gan = client.get("/reconstruct?model=vivid-gan&steps=5")
+    assert png_size(gan) == (grid_side(1), grid_side(2)) and len(psnrs(gan)) == 1
+    assert png_size(client.get("/reconstruct?model=vae")) == (grid_side(8), grid_side(2))
+
+
+def test_a_gan_projection_with_default_steps_stops_at_its_time_budget(client, monkeypatch):
+    from service.routes import images
+
+    monkeypatch.setattr(images, "DEFAULT_ANSWER_S", 0.02)
+    quick = client.get("/reconstruct?model=vivid-gan&n=2")
+    assert png_size(quick) == (grid_side(2), grid_side(2))
+    assert 1 <= int(quick.headers["x-projection-steps"]) < 200
+    assert "etag" not in quick.headers and quick.headers["cache-control"] == "no-store"  # stopped: not the answer
+    for route in ("/project", "/reconstruct"):  # uploads too
+        r = client.post(f"{route}?model=vivid-gan", files=upload(image_bytes((255, 0, 0))))
+        assert 1 <= int(r.headers["x-projection-steps"]) < 200, route
+    full = client.get("/reconstruct?model=vivid-gan&steps=200")  # steps asked for: they run in full
+    assert full.headers["x-projection-steps"] == "200"
+
+
 def test_a_gan_reconstructs_and_interpolates_real_faces_through_projection(client):
     r = client.get("/reconstruct?model=vivid-gan&n=3&steps=20")
     assert png_size(r) == (grid_side(3), grid_side(2)) and len(psnrs(r)) == 3
@@ -146,3 +168,10 @@ def test_a_version_with_an_encoder_starts_projections_from_it(store):
         assert psnrs(refined)[0] >= psnrs(at_once)[0] - 0.5  # refined from there (the loss is not pixels alone)
         assert client.get("/reconstruct?model=vivid-gan&n=2&steps=0").headers["x-projection-steps"] == "0"
         assert client.post("/project?model=vivid-gan&steps=0&version=1", files=face).status_code == 409  # no encoder
+
+
+def test_a_body_that_is_not_multipart_is_a_documented_422(client):
+    boundary = "8efb2279b4a4a75422550d2f31e6fbcf"
+    r = client.post("/interpolate?model=vae", content=f"--{boundary}\r\n\xfa--{boundary}--\r\n".encode("latin-1"),
+                    headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 422 and r.json()["error"].startswith("invalid request") and "multipart" in r.json()["detail"]

@@ -179,11 +179,11 @@ def test_compare_mode_shows_the_same_view_for_two_models(page):
 
 def test_api_errors_are_shown_on_the_page(page):
     page.fill("#latent-x", "3")
-    page.fill("#latent-y", "3")
+    page.fill("#latent-y", "99999")
     page.click("#latent-go")
     settle(page)
     text = page.text_content("#latent .error")
-    assert "/latent-grid: 422" in text and "must differ" in text
+    assert "/latent-grid: 409" in text and "beyond the latent" in text
     page.fill("#sample-temperature", "0")
     page.click("#sample-go")
     settle(page)
