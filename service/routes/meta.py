@@ -4,6 +4,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.routes.images import DEFAULT_ANSWER_S, MAX_SAMPLE
+
 router = APIRouter(tags=["service"])
 
 
@@ -25,7 +27,13 @@ async def models(request: Request) -> dict:
             "precision": served.precision.to_dict(),
             "manifest": {k: getattr(m, k) for k in ("config", "step", "epoch", "created_at", "data_fingerprint", "metrics", "weights_dtype")},
         })
-    return {"models": out}
+    settings = request.app.state.settings
+    limits = {  # what a request may ask for, so that a client can say so before it asks
+        "max_files": settings.max_files, "max_upload_bytes": settings.max_upload_bytes,
+        "max_projection_faces": settings.max_projection_faces, "projection_time_s": settings.projection_time_s,
+        "projection_steps": settings.projection_steps, "encoder_projection_steps": settings.encoder_projection_steps,
+        "default_projection_s": DEFAULT_ANSWER_S, "max_sample": MAX_SAMPLE}
+    return {"models": out, "limits": limits}
 
 
 @router.get("/healthz")

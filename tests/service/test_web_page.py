@@ -14,7 +14,7 @@ from PIL import Image
 
 from models_core.checkpoint import CheckpointStore
 from models_core.images import held_out_faces, to_uint8
-from tests.conftest import publish_tiny, publish_vivid_gan
+from tests.conftest import publish_tiny, publish_vivid_gan, wait_until
 from tests.service.conftest import start_server
 from tests.service.test_attributes import directions
 
@@ -119,7 +119,7 @@ def test_every_panel_shows_images_with_working_permalinks(page, server):
         images = loaded_images(page, f"#{panel}")
         assert images and all(i["width"] >= 64 and i["height"] >= 64 for i in images), (panel, images)
     assert len(loaded_images(page, "#interpolate")) == 2  # lerp and slerp side by side
-    assert "projection PSNR" in loaded_images(page, "#reconstruct")[0]["caption"]  # the GAN reconstructs by projection
+    assert "projected in" in loaded_images(page, "#reconstruct")[0]["caption"]  # the GAN reconstructs by projection
     for panel in PANELS:
         link = loaded_images(page, f"#{panel}")[0]["permalink"]
         r = httpx.get(link)
@@ -143,14 +143,15 @@ def test_uploads_round_trip_through_projection_and_reconstruction(page, tmp_path
     settle(page)
     assert errors(page) == "", errors(page)
     [gan] = loaded_images(page, "#reconstruct")
-    assert gan["caption"].count(",") >= 1 and "projection PSNR" in gan["caption"] and "POST" in gan["caption"]
+    assert "projected in" in gan["caption"] and "POST" in gan["caption"]
+    assert page.eval_on_selector_all("#reconstruct .psnr span", "ss => ss.length") == 2  # a PSNR under each face
     assert (gan["width"], gan["height"]) == (2 * 66 + 2, 2 * 66 + 2)  # 2 faces over their 2 projections
     page.select_option("#model-a", "vae")
     settle(page)
     page.click("#recon-upload")  # the chosen files stay chosen
     settle(page)
     [vae] = loaded_images(page, "#reconstruct")
-    assert "vae" in vae["caption"] and "PSNR" not in vae["caption"]
+    assert "vae" in vae["caption"] and "projected" not in vae["caption"]
     a, b = face_files(tmp_path, 2)
     page.set_input_files("#interp-file-a", a)
     page.set_input_files("#interp-file-b", b)
@@ -177,17 +178,85 @@ def test_compare_mode_shows_the_same_view_for_two_models(page):
     assert "version=1" in loaded_images(page, "#sample")[1]["permalink"]
 
 
-def test_api_errors_are_shown_on_the_page(page):
+def test_api_errors_are_one_readable_line_per_model_and_the_last_image_stays(page):
+    page.check("#compare")
+    page.select_option("#model-b", "vae")
+    settle(page)
+    before = loaded_images(page, "#latent")
     page.fill("#latent-x", "3")
     page.fill("#latent-y", "99999")
     page.click("#latent-go")
     settle(page)
-    text = page.text_content("#latent .error")
-    assert "/latent-grid: 409" in text and "beyond the latent" in text
-    page.fill("#sample-temperature", "0")
-    page.click("#sample-go")
+    lines = page.text_content("#latent .error").splitlines()
+    assert len(lines) == 2 and lines[0].startswith("gan: dim_y=99999") and lines[1].startswith("vae: dim_y=99999"), lines
+    assert all("beyond the latent" in line and "409" not in line and "{" not in line for line in lines), lines
+    assert loaded_images(page, "#latent") == before  # the last images are kept
+    page.fill("#interp-seed-a", "-1")  # lerp and slerp fail alike: said once per model
+    page.click("#interp-go")
     settle(page)
-    assert "/sample: 422" in page.text_content("#sample .error")
+    lines = page.text_content("#interpolate .error").splitlines()
+    assert [line.split(":")[0] for line in lines] == ["gan", "vae"] and "seed_a" in lines[0], lines
+    assert len(loaded_images(page, "#interpolate")) == 4
+
+
+def test_a_narrow_screen_scales_images_without_stretching_them(page):
+    page.set_viewport_size(PHONE)
+    page.select_option("#zoom", "1")  # a page opened on a phone starts at 1x
+    page.fill("#interp-steps", "12")
+    page.click("#interp-go")
+    settle(page)
+    shapes = page.eval_on_selector_all("#interpolate img[data-loaded='1']", """imgs => imgs.map(i =>
+        [i.naturalWidth / i.naturalHeight, i.clientWidth / i.clientHeight, i.clientWidth])""")
+    assert shapes and all(abs(drawn / natural - 1) < 0.03 and width <= PHONE["width"] for natural, drawn, width in shapes), shapes
+
+
+def test_reconstructions_label_their_rows_and_give_each_face_its_psnr(page):
+    page.fill("#recon-n", "3")
+    page.fill("#recon-steps", "5")
+    page.click("#recon-shipped")
+    settle(page)
+    rows = page.eval_on_selector_all("#reconstruct .labelled .rows span", "ss => ss.map(s => s.textContent)")
+    psnr = page.eval_on_selector_all("#reconstruct .labelled .psnr span", "ss => ss.map(s => s.textContent)")
+    assert rows == ["originals", "projected"] and len(psnr) == 3 and all(p.endswith(" dB") for p in psnr), (rows, psnr)
+    heights = page.eval_on_selector_all("#reconstruct .labelled .rows span", "ss => ss.map(s => s.clientHeight)")
+    image = page.eval_on_selector("#reconstruct img[data-loaded='1']", "i => i.clientHeight")
+    assert abs(sum(heights) - image) <= 2  # each label sits beside its row
+    page.select_option("#model-a", "vae")
+    settle(page)
+    rows = page.eval_on_selector_all("#reconstruct .labelled .rows span", "ss => ss.map(s => s.textContent)")
+    assert rows == ["originals", "reconstructed"]
+
+
+def test_limits_are_shown_before_a_request_is_made(page, tmp_path):
+    assert page.get_attribute("#recon-n", "max") == "8" and "at most 8" in page.text_content("#recon-limit")
+    page.set_input_files("#recon-files", face_files(tmp_path, 9))
+    assert "gan projects at most 8 faces" in page.text_content("#recon-problem")
+    assert page.is_disabled("#recon-upload")
+    page.select_option("#model-a", "vae")  # an encoder takes 64
+    settle(page)
+    assert page.get_attribute("#recon-n", "max") == "64" and not page.is_visible("#recon-problem")
+    assert page.is_enabled("#recon-upload")
+
+
+def test_a_long_projection_shows_an_estimate_and_can_be_cancelled(page, server):
+    def cancelled():
+        metrics = httpx.get(f"{server.url}/metrics").text
+        line = next((l for l in metrics.splitlines() if l.startswith('facegen_projections_total{model="gan",outcome="cancelled"}')), None)
+        return float(line.split()[-1]) if line else 0.0
+
+    before, shown = cancelled(), loaded_images(page, "#reconstruct")
+    page.fill("#recon-n", "2")
+    page.fill("#recon-steps", "1000")
+    page.click("#recon-shipped")
+    page.wait_for_selector("#reconstruct .progress button.cancel")
+    assert "projecting 2 faces: about" in page.text_content("#reconstruct .progress")
+    assert page.is_disabled("#recon-shipped")  # no second request while this one runs
+    page.wait_for_timeout(300)
+    page.click("#reconstruct .progress button.cancel")
+    settle(page)
+    assert "gan: cancelled" in page.text_content("#reconstruct .error")
+    assert loaded_images(page, "#reconstruct") == shown and page.is_enabled("#recon-shipped")
+    assert wait_until(lambda: cancelled() > before), "the server did not stop the projection"
 
 
 def test_attribute_sliders_edit_a_sample_and_an_uploaded_face(page, tmp_path):
@@ -213,6 +282,8 @@ def test_attribute_sliders_edit_a_sample_and_an_uploaded_face(page, tmp_path):
 
 
 def test_zoom_is_pixel_exact_and_leaves_the_permalinks_alone(page):
+    assert page.input_value("#zoom") == "2"  # a wide screen starts at 2x: 64 px faces are small there
+    assert page.eval_on_selector("#sample img[data-loaded='1']", "img => img.clientWidth === 2 * img.naturalWidth")
     before = loaded_images(page, "#sample")[0]
     page.select_option("#zoom", "3")
     shown = page.eval_on_selector("#sample img[data-loaded='1']", "img => [img.clientWidth, img.naturalWidth, getComputedStyle(img).imageRendering]")
