@@ -251,6 +251,7 @@ def test_a_long_projection_shows_an_estimate_and_can_be_cancelled(page, server):
     page.wait_for_selector("#reconstruct .progress button.cancel")
     assert "projecting 2 faces: about" in page.text_content("#reconstruct .progress")
     assert page.is_disabled("#recon-shipped")  # no second request while this one runs
+    assert page.get_attribute("#reconstruct figure[data-state=loading] img", "alt") == ""  # a grey box, no broken icon
     page.wait_for_timeout(300)
     page.click("#reconstruct .progress button.cancel")
     settle(page)
