@@ -68,14 +68,19 @@ def interpolation_path(
     return interpolate(z0.unsqueeze(1), z1.unsqueeze(1), t)
 
 
+def check_indices(limit: int, what: str, **indices: int) -> None:
+    """ValueError for the first of `indices` outside 0..limit-1; `what` names what they index."""
+    for name, i in indices.items():
+        if not 0 <= i < limit:
+            raise ValueError(f"{name}={i} is beyond the {what} (0..{limit - 1})")
+
+
 def latent_sweep(base: torch.Tensor, dim_x: int, dim_y: int, span: float = 3.0, steps: int = 10) -> torch.Tensor:
     """(D,) -> (steps, steps, D): `base` with dim_y swept down the rows and dim_x across the
     columns over [-span, span]; the seed's latent-space grid. The same dimension on both axes takes the
     sum of the two sweeps: it changes along the grid's diagonals."""
     d = base.shape[-1]
-    for name, dim in (("dim_x", dim_x), ("dim_y", dim_y)):
-        if not 0 <= dim < d:
-            raise ValueError(f"{name}={dim} is out of range: the latent has dims 0..{d - 1}")
+    check_indices(d, "latent", dim_x=dim_x, dim_y=dim_y)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     values = torch.linspace(-span, span, steps, dtype=base.dtype, device=base.device)
@@ -144,9 +149,7 @@ class PcaBasis:
 
     def grid(self, pc_x: int = 0, pc_y: int = 1, span: float = 3.0, steps: int = 10) -> torch.Tensor:
         """(steps, steps, D) latents sweeping pc_x across the columns and pc_y down the rows."""
-        for name, pc in (("pc_x", pc_x), ("pc_y", pc_y)):
-            if not 0 <= pc < self.n_components:
-                raise ValueError(f"{name}={pc} is out of range: this basis has components 0..{self.n_components - 1}")
+        check_indices(self.n_components, "stored components", pc_x=pc_x, pc_y=pc_y)
         coords = latent_sweep(torch.zeros(self.n_components), pc_x, pc_y, span, steps)
         return self.to_latent(coords)
 

@@ -12,7 +12,7 @@ from models_core.checkpoint import MODEL_NAME_RE, PRIORS
 from models_core.images import (ImageDecodeError, UnsupportedImage, decode_image, originals_over_reconstructions, square_nrow,
                                  to_uint8)
 from models_core import views
-from models_core.latent import interpolation_path
+from models_core.latent import check_indices, interpolation_path
 from service.admission import busy
 from service.batching import QueueFull, Retired
 from service.errors import ApiError
@@ -165,10 +165,7 @@ async def pca_grid(
 ) -> Response:
     """Sweep two principal directions of the latent space (GANSpace directions for the GAN) around a centre."""
     basis = require_basis(served)
-    for name, pc in (("pc_x", pc_x), ("pc_y", pc_y)):
-        if pc >= basis.n_components:
-            raise ApiError(409, f"{name}={pc} is beyond the stored components",
-                           f"{served.name} v{served.version} has components 0..{basis.n_components - 1}")
+    within(basis.n_components, "stored components", served, pc_x=pc_x, pc_y=pc_y)
     params = dict(pc_x=pc_x, pc_y=pc_y, span=span, steps=steps, seed=seed, centre=centre)
 
     return await render(request, served, params, seed if centre == "sample" else None, steps,
@@ -208,7 +205,7 @@ async def latent_grid(
                                  examples=[3.0])] = 3.0,
     steps: GridSteps = 10,
     dim_x: Annotated[int, Query(ge=0, description="latent dimension across the columns: below the model's latent_dim "
-                                "(in /models), and not dim_y", examples=[0])] = 0,
+                                "(in /models)", examples=[0])] = 0,
     dim_y: Annotated[int, Query(ge=0, description="latent dimension down the rows: below the model's latent_dim "
                                 "(in /models); the same as dim_x moves one dimension along the diagonals", examples=[1])] = 1,
     seed: CentreSeed = 0,
@@ -220,14 +217,19 @@ async def latent_grid(
     """Sweep two raw latent dimensions around a centre, the others held there (the seed study's grid).
 
     centre=zero&units=absolute is the study's original grid: around z = 0, in raw units."""
-    d = served.latent_dim
-    for name, dim in (("dim_x", dim_x), ("dim_y", dim_y)):
-        if dim >= d:
-            raise ApiError(409, f"{name}={dim} is beyond the latent", f"{served.name} has latent dims 0..{d - 1}")
+    within(served.latent_dim, "latent", served, dim_x=dim_x, dim_y=dim_y)
     params = dict(dim_x=dim_x, dim_y=dim_y, span=span, steps=steps, seed=seed, centre=centre, units=units)
 
     return await render(request, served, params, seed if centre == "sample" else None, steps,
                         lambda: views.latent_grid_latents(served.checkpoint, dim_x, dim_y, span, steps, centre, seed, units))
+
+
+def within(limit: int, what: str, served: ServedModel, **indices: int) -> None:
+    """409 for an index beyond what this model has (the sweeps' own check, said before any work)."""
+    try:
+        check_indices(limit, what, **indices)
+    except ValueError as e:
+        raise ApiError(409, str(e), f"for {served.name} v{served.version}; /models lists what each model has") from None
 
 
 def require_basis(served: ServedModel):

@@ -161,7 +161,7 @@ def test_pca_grid_and_its_errors(anisotropic_latents):
     torch.testing.assert_close(coords[0, :, 0], torch.linspace(-3, 3, 4), atol=1e-4, rtol=0)
     torch.testing.assert_close(coords[:, 0, 2], torch.linspace(-3, 3, 4), atol=1e-4, rtol=0)
     torch.testing.assert_close(coords[..., 1], torch.zeros(4, 4), atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="pc_x=3 is out of range"):
+    with pytest.raises(ValueError, match="pc_x=3 is beyond the stored components"):
         basis.grid(3, 0)
 
 
