@@ -73,7 +73,7 @@ def _out_positions(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: 
     return ((x.shape[-2] + 2 * padding - k) // stride + 1) * ((x.shape[-1] + 2 * padding - k) // stride + 1)
 
 
-class Conv2d(nn.Conv2d):
+class SmallMapConv2d(nn.Conv2d):
     """nn.Conv2d (same parameters and state dict) whose small-map weight gradient is a GEMM on the CPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from models_core.conv_transpose import CONV_IMPLS, ConvImpl, ConvTranspose2d
-from models_core.small_map_conv import Conv2d
+from models_core.small_map_conv import SmallMapConv2d
 
 N_STAGES = 4  # 64 -> 32 -> 16 -> 8 -> 4
 
@@ -61,7 +61,7 @@ VAE_PRESETS = {
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU())
+    return nn.Sequential(SmallMapConv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
 def up_block(c_in: int, c_out: int, impl: ConvImpl) -> nn.Sequential:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from models_core.conv_transpose import ConvTranspose2d
-from models_core.small_map_conv import SMALL_MAP_POSITIONS, Conv2d
+from models_core.small_map_conv import SMALL_MAP_POSITIONS, SmallMapConv2d
 from models_core.vae import VAE, VAEConfig
 
 
@@ -28,8 +28,8 @@ def library(module):
 
 
 @pytest.mark.parametrize("autocast", [False, True])
-@pytest.mark.parametrize("make, size", [(lambda: Conv2d(24, 40, 4, 2, 1), 8), (lambda: ConvTranspose2d(40, 24, 4, 2, 1), 4),
-                                        (lambda: Conv2d(24, 40, 4, 2, 1, bias=False), 8)])
+@pytest.mark.parametrize("make, size", [(lambda: SmallMapConv2d(24, 40, 4, 2, 1), 8), (lambda: ConvTranspose2d(40, 24, 4, 2, 1), 4),
+                                        (lambda: SmallMapConv2d(24, 40, 4, 2, 1, bias=False), 8)])
 def test_small_maps_take_the_gemm_and_match_the_library(make, size, autocast):
     torch.manual_seed(0)
     module = make()
@@ -57,7 +57,7 @@ def test_small_maps_take_the_gemm_and_match_the_library(make, size, autocast):
 
 def test_larger_maps_and_inference_keep_the_library_path():
     torch.manual_seed(0)
-    conv = Conv2d(8, 16, 4, 2, 1)
+    conv = SmallMapConv2d(8, 16, 4, 2, 1)
     big = torch.randn(2, 8, 16, 16)  # 8×8 out: more than SMALL_MAP_POSITIONS
     assert (big.shape[-1] // 2) ** 2 > SMALL_MAP_POSITIONS
     assert "SmallMapConv" not in conv(big).grad_fn.name()
