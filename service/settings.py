@@ -56,8 +56,9 @@ class Settings(BaseSettings):
                                   "POST /interpolate for a GAN): Adam steps when the request names none")
     encoder_projection_steps: int = Field(DEFAULT_STEPS_FROM_ENCODER, ge=0, le=1000, description="the same for a GAN version that ships an "
                                           "encoder: its projections start from E(x), so a few steps refine it")
-    projection_time_s: float = Field(30.0, gt=0, description="a projection stops after this many seconds with the "
-                                     "best latents found so far (the response says how many steps it ran)")
+    projection_time_s: float = Field(8.0, gt=0, description="a projection stops after this many seconds with the "
+                                     "best latents found so far (the response says how many steps it ran), so that "
+                                     "every request answers within 10 s on 2 CPU cores; raise it for longer projections")
     max_projections: int = Field(2, ge=1, description="projections running at once; more are answered 503 at once. "
                                  "They share the inference threads with decoding, in slices of a few tens of ms")
     max_projection_faces: int = Field(8, ge=1, le=64, description="most faces one request may project")
