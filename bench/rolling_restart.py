@@ -43,12 +43,13 @@ def nginx_config(listen: int, replica_ports: list[int], workdir: Path) -> Path:
     site = (ROOT / "deploy" / "nginx" / "facegen.conf").read_text()
     site = "\n".join(line for line in site.splitlines() if not line.strip().startswith(("resolver", "set $replicas")))
     site = site.replace("listen 80;", f"listen 127.0.0.1:{listen};").replace("http://$replicas", "http://replicas")
+    temp = "".join(f"  {kind}_temp_path {workdir};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     # max_fails=0: like the config's per-request DNS lookup, a replica that refused once is tried again next time;
     # with nginx's default (down for 10 s after one failure), both replicas are "down" early in the roll: 502s.
     servers = "".join(f"    server 127.0.0.1:{port} max_fails=0;\n" for port in replica_ports)
     main = workdir / "nginx.conf"
     main.write_text(f"pid {workdir}/nginx.pid;\nerror_log {workdir}/error.log;\nevents {{}}\nhttp {{\n"
-                    f"  access_log off;\n  client_body_temp_path {workdir};\n  proxy_temp_path {workdir};\n"
+                    f"  access_log off;\n{temp}"
                     f"  upstream replicas {{\n{servers}  }}\n{site}\n}}\n")
     return main
 
@@ -97,7 +98,11 @@ class Replica:
     def stop(self, timeout: float = 60) -> str:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.communicate(timeout=timeout)[0]
+        try:
+            return self.proc.communicate(timeout=timeout)[0]
+        except subprocess.TimeoutExpired:  # stuck (in start-up, say): it must not outlive the run
+            self.proc.kill()
+            return self.proc.communicate()[0] + f"\n(killed: no exit {timeout:.0f} s after SIGTERM)"
 
 
 @contextlib.contextmanager
@@ -114,15 +119,26 @@ def replicas_behind_nginx(checkpoint_root: Path, env: dict[str, str] | None = No
             for replica in replicas:
                 replica.start()
             url = f"http://127.0.0.1:{listen}"
-            if not wait_until(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, 10):
-                raise RuntimeError("nginx does not answer")
+
+            def answers() -> bool:
+                try:
+                    return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            if not wait_until(answers, 10):
+                raise RuntimeError(f"nginx does not answer:\n{(Path(workdir) / 'error.log').read_text()}")
             yield url, replicas
         finally:
             for replica in replicas:
                 if replica.proc is not None:
-                    replica.stop()
+                    replica.stop()  # never raises: a stuck replica is killed
             nginx.terminate()
-            nginx.wait(timeout=30)
+            try:
+                nginx.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                nginx.kill()
+                nginx.wait()
 
 
 def roll(replicas: list[Replica], pause_s: float) -> None:

@@ -34,17 +34,19 @@ class DrainingServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, state, drain_s: float):
         super().__init__(config)
-        self.state, self.drain_s = state, drain_s
+        self.state, self.drain_s, self.drain = state, drain_s, None
 
     def handle_exit(self, sig, frame) -> None:
+        if self.drain is not None:  # a second signal: no more draining (and the timer must not signal again)
+            self.drain.cancel()
         if self.state.draining or not self.drain_s:
             self.state.draining = True
             return super().handle_exit(sig, frame)
         self.state.draining = True
         logging.getLogger(__name__).info("draining: /readyz is 503; closing the listener in %.1f s", self.drain_s)
-        timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
-        timer.daemon = True
-        timer.start()
+        self.drain = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
+        self.drain.daemon = True
+        self.drain.start()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -363,7 +363,7 @@ async def reconstruct_bundled(
     on 2 CPU cores without bf16). So its defaults are one face, and, when `steps` is left out, at most
     DEFAULT_ANSWER_S seconds of projection: the X-Projection-Steps header says how many steps ran."""
     bundled = request.app.state.faces
-    quick = steps is None and not served.has_encoder
+    quick = steps is None and not served.has_encoder and served.encoder is None  # as in project()
     n = min(n or (8 if served.has_encoder else 1), len(bundled))
     require_latents_of_faces(request, served, n)
     steps = None if served.has_encoder else steps_to_run(request, served, steps)

@@ -199,6 +199,22 @@ def test_api_errors_are_one_readable_line_per_model_and_the_last_image_stays(pag
     assert len(loaded_images(page, "#interpolate")) == 4
 
 
+def test_two_versions_of_one_model_each_say_their_error(page):
+    page.select_option("#model-a", "vae")
+    settle(page)
+    page.check("#compare")
+    page.select_option("#model-b", "vae")
+    settle(page)
+    page.select_option("#version-b", "1")
+    settle(page)
+    page.fill("#latent-y", "99999")
+    page.click("#latent-go")
+    settle(page)
+    lines = page.text_content("#latent .error").splitlines()
+    assert [line.split(":")[0] for line in lines] == ["vae", "vae v1"], lines
+    assert len(loaded_images(page, "#latent")) == 2  # each keeps its own last image
+
+
 def test_a_narrow_screen_scales_images_without_stretching_them(page):
     page.set_viewport_size(PHONE)
     page.select_option("#zoom", "1")  # a page opened on a phone starts at 1x
