@@ -54,12 +54,18 @@ class _SmallMapConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
+def takes_gemm(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, transposed: bool = False) -> bool:
+    """Whether conv2d computes this convolution's weight gradient as a GEMM: a CPU batch, a weight
+    to train, and a small map (at most SMALL_MAP_POSITIONS positions)."""
+    small = x.shape[-2] * x.shape[-1] if transposed else _out_positions(x, weight, stride, padding)
+    return (x.device.type == "cpu" and x.dim() == 4 and x.shape[0] > 0 and small <= SMALL_MAP_POSITIONS
+            and torch.is_grad_enabled() and weight.requires_grad)
+
+
 def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0, transposed: bool = False) -> torch.Tensor:
     """F.conv2d, or F.conv_transpose2d with `transposed`, with the GEMM weight gradient where it pays.
     Square kernels, the same stride and padding on both axes, a batch (B, C, H, W)."""
-    small = x.shape[-2] * x.shape[-1] if transposed else _out_positions(x, weight, stride, padding)
-    if not (x.device.type == "cpu" and x.dim() == 4 and x.shape[0] > 0 and small <= SMALL_MAP_POSITIONS
-            and torch.is_grad_enabled() and weight.requires_grad):
+    if not takes_gemm(x, weight, stride, padding, transposed):
         conv = F.conv_transpose2d if transposed else F.conv2d
         return conv(x, weight, bias, stride, padding)
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None  # as autocast casts conv2d
