@@ -1,9 +1,15 @@
-"""Turning requests away before they cost anything, when their model can take nothing more.
+"""Admission: whether a model takes more work, decided in one place.
 
-The routes admit each request by the rows it brings (DecodeBatcher.admit). Admission runs in
-front of the whole application, FastAPI's own layers and our middleware included: while a model's
-budget is already spent, a request for it gets its 503 before anything else looks at it, for a
-fraction of the CPU a trip through the stack costs (README, Benchmarks).
+Each served version has a RowBudget, by rows rather than requests: rows are admitted while those
+already pending (queued, being decoded, or held by `admit` for other work on the inference
+threads) would be done within `max_queue_s` at the rate recent forward passes ran, and always when
+nothing is pending, so a large request is never refused by an idle model. Once it refuses, a
+model is `saturated` until its backlog falls below 90% of the budget: near the bound requests
+would otherwise flip between admitted and refused, each routed, validated and sampled first.
+
+The routes that decode say so (`@decodes`), and Admission refuses their requests in front of the
+whole application while their model is saturated, before FastAPI's own layers and our middleware
+see them, for a fraction of the CPU a trip through the stack costs (README, Benchmarks).
 
 That is still CPU taken from the decoder, and clients retrying the instant they are refused, as
 load generators and naive retry loops do, would spend it without bound. So each 503 is held (a
@@ -15,17 +21,92 @@ when it can, and its 503 is held like ours when not.
 """
 
 import asyncio
+import contextlib
+import math
 import time
-from urllib.parse import unquote_plus
 
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from starlette.datastructures import QueryParams
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.batching import QueueFull
 from service.errors import ApiError, send_error
-from service.methods import documented_methods
 from service.metrics import echoed_request_id
 
-DECODING_ROUTES = frozenset({"/sample", "/interpolate", "/reconstruct", "/pca-grid", "/pca-point", "/latent-grid", "/project", "/edit"})
+
+class QueueFull(Exception):
+    """Admitting these rows would queue more work than the bound; the caller answers 503."""
+
+    def __init__(self, retry_after: int):
+        self.retry_after = retry_after
+
+
+class Retired(Exception):
+    """The version was retired (swapped out or evicted) before this work was done."""
+
+
+class RowBudget:
+    """One served version's admission: the rows it may have pending, from the rate of its passes."""
+
+    def __init__(self, max_batch: int, max_queue_s: float):
+        self.max_batch, self.max_queue_s = max_batch, max_queue_s
+        self.pending_rows = 0  # admitted rows whose requests are still waiting for them (loop only)
+        self.rows_per_s: float | None = None  # moving average over recent passes of at least half a batch
+        self.refusing = False  # refused a request and the backlog has not yet fallen below 90% of the budget
+        self.closed = False
+
+    @property
+    def rows(self) -> int:
+        """Rows that may be pending: what recent passes decode in max_queue_s, at least four full batches."""
+        floor = 4 * self.max_batch
+        if self.rows_per_s is None:
+            return floor
+        return max(floor, int(self.rows_per_s * self.max_queue_s))
+
+    @property
+    def saturated(self) -> bool:
+        """Refusing every request until the backlog has fallen below 90% of the budget."""
+        if self.refusing and self.pending_rows < 0.9 * self.rows:
+            self.refusing = False
+        return self.refusing or self.pending_rows >= self.rows
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.pending_rows / (self.rows_per_s or self.max_batch)))
+
+    @contextlib.contextmanager
+    def admit(self, rows: int):
+        """Hold `rows` of the budget for the block, or raise QueueFull (or Retired, once closed) at once."""
+        if self.closed:
+            raise Retired
+        if self.pending_rows and (self.saturated or self.pending_rows + rows > self.rows):
+            self.refusing = True
+            raise QueueFull(self.retry_after())
+        self.pending_rows += rows
+        try:
+            yield
+        finally:
+            self.pending_rows -= rows
+
+    def observe_pass(self, rows: int, seconds: float, beside: int) -> None:
+        """A forward pass of `rows` took `seconds` with `beside` passes of this version running (it included)."""
+        if rows >= self.max_batch // 2:  # small passes cost more per row; a backlog is decoded in full ones
+            rate = rows / max(seconds, 1e-6) * beside  # passes beside this one drain the same queue
+            self.rows_per_s = rate if self.rows_per_s is None else 0.8 * self.rows_per_s + 0.2 * rate
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def decodes(endpoint):
+    """Marks a route whose requests decode faces: Admission refuses them while their model is saturated."""
+    endpoint.decodes = True
+    return endpoint
+
+
+def decoding_routes(routers: list[APIRouter]) -> frozenset[tuple[str, str]]:
+    """(method, path) of every route marked @decodes, in routers included without a prefix."""
+    return frozenset((method, r.path) for router in routers for r in router.routes
+                     if isinstance(r, APIRoute) and getattr(r.endpoint, "decodes", False) for method in r.methods)
 
 
 class Admission:
@@ -35,10 +116,11 @@ class Admission:
     def __init__(self, inner: ASGIApp, app, pace: float, max_rate: float):
         self.inner, self.app, self.pace, self.max_rate = inner, app, pace, max_rate
         self.held = 0  # refusals being held now
+        self.decoding: frozenset[tuple[str, str]] = frozenset()  # (method, path) of the routes that decode
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in DECODING_ROUTES:
-            served = self.saturated_model(scope)
+        if scope["type"] == "http":
+            served = self.saturated_model(scope) if (scope["method"], scope["path"]) in self.decoding else None
             if served is not None and not revalidates(scope):
                 return await self.refuse(served, scope, receive, send)
             if served is not None:  # a revalidation the route cannot answer without decoding is refused there
@@ -56,21 +138,21 @@ class Admission:
         return paced
 
     def saturated_model(self, scope: Scope):
+        """The served model a decoding request asks for, if it is saturated (as the routes read model and version)."""
         registry = getattr(self.app.state, "registry", None)
-        method = scope["method"]
-        if registry is None or method == "OPTIONS" or method not in documented_methods(self.app)[scope["path"]]:
-            return None  # not started, or a method the path does not take: the 405 and OPTIONS answers come first
-        query = scope["query_string"]
-        served = registry.latest.get(query_value(query, b"model") or registry.default_model())
-        if served is None or query_value(query, b"version") not in (None, str(served.version)):
+        if registry is None:
+            return None  # not started
+        query = QueryParams(scope["query_string"])
+        served = registry.latest.get(query.get("model") or registry.default_model())
+        if served is None or query.get("version") not in (None, str(served.version)):
             return None  # unknown models and older versions: the route answers
-        return served if served.batcher.saturated else None
+        return served if served.budget.saturated else None
 
     async def hold(self, served, receive: Receive | None = None) -> bool:
         """Hold a refusal `pace` seconds, or N / max_rate while N refusals are held (N clients retrying
         at once then get at most `max_rate` answers a second between them), never past the
         Retry-After it will carry. With `receive`, the hold ends when the client goes: False then."""
-        seconds = min(max(self.pace, self.held / self.max_rate), served.batcher.retry_after())
+        seconds = min(max(self.pace, self.held / self.max_rate), served.budget.retry_after())
         self.held += 1
         try:
             if receive is None:
@@ -91,22 +173,12 @@ class Admission:
             if not await self.hold(served, receive):
                 status = 499  # the client went away while held: nothing to answer
                 return
-            e = busy(served, QueueFull(served.batcher.retry_after()))
+            e = busy(served, QueueFull(served.budget.retry_after()))
             headers = [(k.lower().encode(), v.encode()) for k, v in e.headers.items()] + echoed_request_id(scope)
             await send_error(send, e.status, e.error, e.detail, headers)
             status = e.status
         finally:
             self.app.state.metrics.observe_request(scope["path"], served.name, status, time.perf_counter() - start)
-
-
-def query_value(query: bytes, key: bytes) -> str | None:
-    """The value of `key` in a query string as the routes see it (the last one, when repeated),
-    without parsing the rest."""
-    prefix, value = key + b"=", None
-    for part in query.split(b"&"):
-        if part.startswith(prefix):
-            value = part[len(prefix):]
-    return None if value is None else unquote_plus(value.decode("latin-1"))
 
 
 async def disconnected(receive: Receive) -> None:
@@ -118,8 +190,20 @@ def revalidates(scope: Scope) -> bool:
     return scope["method"] == "GET" and any(k == b"if-none-match" for k, _ in scope["headers"])
 
 
+@contextlib.contextmanager
+def as_api_errors(served):
+    """The admission's refusals as the API's 503s: busy (QueueFull), or the version just retired."""
+    try:
+        yield
+    except QueueFull as e:
+        raise busy(served, e) from None
+    except Retired:
+        raise ApiError(503, f"{served.name} v{served.version} was just retired", "retry: the request will be served "
+                       "by the version now being served", headers={"Retry-After": "1"}) from None
+
+
 def busy(served, e: QueueFull) -> ApiError:
     """The 503 for a model that admits nothing more, from Admission or from a route."""
     return ApiError(503, f"model {served.name!r} is busy", f"more work is queued than it does in "
-                    f"{served.batcher.max_queue_s:g} s; retry after {e.retry_after} s",
+                    f"{served.budget.max_queue_s:g} s; retry after {e.retry_after} s",
                     headers={"Retry-After": str(e.retry_after)})

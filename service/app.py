@@ -12,10 +12,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from models_core.images import held_out_faces
-from service.admission import Admission
+from service.admission import Admission, decoding_routes
 from service.body_limit import BodyLimitMiddleware
 from service.docs_pages import install_offline_docs
 from service.errors import error_responses, install_error_handlers, one_value_per_parameter
+from service.face_latents import FaceLatents
 from service.guard import RequestGuard
 from service.methods import AllowedMethods
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         app.state.projector = Projector(registry.workers.run, settings.max_projections, settings.projection_time_s,
                                         on_steps=metrics.observe_projection_steps, on_end=metrics.observe_projection_end)
+        app.state.face_latents = FaceLatents(settings, registry.workers, app.state.projector)
         await registry.refresh()
         registry.workers.start()  # its threads start at the loop's priority, before any change to it
         if lower_this_thread(settings.loop_nice):
@@ -102,9 +104,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGuard, timeout=settings.request_timeout_s)
     app.add_middleware(AllowedMethods)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees the 413s and 504s too
-    app.include_router(images.router)
-    app.include_router(attributes.router)
-    app.include_router(meta.router)
+    routers = [images.router, attributes.router, meta.router]
+    for router in routers:
+        app.include_router(router)
+    app.admission.decoding = decoding_routes(routers)
     install_offline_docs(app)
     if settings.study_dir.is_dir():
         app.mount("/study", StaticFiles(directory=settings.study_dir), name="study")

@@ -3,7 +3,6 @@
 import asyncio
 import collections
 import contextlib
-import math
 import threading
 import time
 from concurrent.futures import Executor
@@ -11,50 +10,24 @@ from typing import Callable, ContextManager
 
 import torch
 
+from service.admission import Retired, RowBudget
+
 # Rows that make a second pass worth starting beside a running one. Small passes cost more per face
 # (README, Benchmarks), and each one beside a running pass takes cores from it. At /sample n=1 and 16 connections, half the
 # passes had one or two rows when every free thread started at once.
 MIN_ROWS_BESIDE = 8
 
 
-class QueueFull(Exception):
-    """Admitting these rows would queue more work than the bound; the caller answers 503."""
-
-    def __init__(self, retry_after: int):
-        self.retry_after = retry_after
-
-
-class Retired(Exception):
-    """The batcher was retired (its version swapped out or evicted) before these rows were decoded."""
-
-
 class DecodeBatcher:
-    """Decodes the latents of concurrent requests in one forward pass on the executor thread and
-    hands each request its rows. A batch is whatever queued up while the previous pass ran (up to
-    `max_batch` rows), plus what arrives within `max_wait` seconds: with max_wait 0 (the default)
-    a request alone is decoded at once, and under load batches form by themselves.
+    """Decodes the latents of concurrent requests in one forward pass on the inference threads and
+    hands each request its rows; admits them through its RowBudget (service/admission.py).
 
-    An inference thread takes the next batch itself, without waiting for the event loop: under
-    overload the loop is busy turning requests away, and a batcher that needed a turn of the loop
-    between passes would leave the model idle while the loop is busiest.  After each pass the
-    drain queues itself again behind the executor's other work, so models sharing the threads take
-    turns. Up to `parallel` drains run at once, each on its own inference thread, each taking its
-    own batch (service/workers.py says why); `forward_pass` is entered around each pass (it sets the
-    thread's share of the cores). A drain starts beside a running one only once `min_rows_beside`
-    rows wait, or when the running passes are long (half a batch or more): fewer rows wait for a
-    short pass to end, and join the next batch.
-
-    Every row taken is either decoded or failed with Retired; none is left waiting. Rows whose
-    request has gone (its future cancelled: the client disconnected or its deadline passed) are
-    dropped before the forward pass and counted by `on_drop`.
-
-    Admission is by rows, not requests: rows are admitted while the rows already pending (queued,
-    being decoded, or reserved by `admit` for other work on the inference threads) would be done
-    within `max_queue_s` at the rate recent forward passes ran, and always when nothing is pending,
-    so a large request is never refused by an idle model. Once a request is refused the model is
-    `saturated` until its backlog falls below 90% of the budget: near the bound, requests would
-    otherwise flip between admitted and refused, and every one would be routed, validated and
-    sampled before being refused.
+    A batch is whatever queued while the previous pass ran (up to `max_batch` rows), plus what
+    arrives within `max_wait` seconds. An inference thread takes the next batch itself, without a
+    turn of the event loop, which is busiest under overload. Up to `parallel` drains run at once;
+    one starts beside a running pass only once `min_rows_beside` rows wait or the running pass is
+    long (half a batch or more). Every row taken is decoded or failed with Retired; rows whose
+    request has gone (future cancelled) are dropped before the pass and counted by `on_drop`.
     """
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], executor: Executor, max_batch: int,
@@ -66,7 +39,7 @@ class DecodeBatcher:
         self.parallel, self.forward_pass = parallel, forward_pass
         self.min_rows_beside = min(min_rows_beside, max_batch)
         self.after_pass = after_pass  # on the executor thread, told whether the queue is empty
-        self.max_queue_s = max_queue_s
+        self.budget = RowBudget(max_batch, max_queue_s)
         self.on_batch, self.on_drop = on_batch, on_drop
         self.loop = asyncio.get_running_loop()
         self.items: collections.deque = collections.deque()  # (latents, future): appended on the loop, taken by the thread
@@ -77,9 +50,6 @@ class DecodeBatcher:
         self.drains = 0  # drains queued on or running in the executor
         self.passes = 0  # forward passes running now
         self.stopped = False
-        self.pending_rows = 0  # admitted rows whose requests are still waiting for them (loop only)
-        self.rows_per_s: float | None = None  # moving average over recent passes of at least half a batch
-        self.refusing = False  # refused a request and the backlog has not yet fallen below 90% of the budget
 
     @property
     def depth(self) -> int:
@@ -89,40 +59,8 @@ class DecodeBatcher:
     def idle(self) -> bool:
         return not self.drains and not self.items
 
-    @property
-    def row_budget(self) -> int:
-        """Rows that may be pending: what recent passes decode in max_queue_s, at least four full batches."""
-        floor = 4 * self.max_batch
-        if self.rows_per_s is None:
-            return floor
-        return max(floor, int(self.rows_per_s * self.max_queue_s))
-
-    @property
-    def saturated(self) -> bool:
-        """Refusing every request until the backlog has fallen below 90% of the budget."""
-        if self.refusing and self.pending_rows < 0.9 * self.row_budget:
-            self.refusing = False
-        return self.refusing or self.pending_rows >= self.row_budget
-
-    def retry_after(self) -> int:
-        return max(1, math.ceil(self.pending_rows / (self.rows_per_s or self.max_batch)))
-
-    @contextlib.contextmanager
-    def admit(self, rows: int):
-        """Hold `rows` of this model's budget for the block, or raise QueueFull at once."""
-        if self.stopped:
-            raise Retired
-        if self.pending_rows and (self.saturated or self.pending_rows + rows > self.row_budget):
-            self.refusing = True
-            raise QueueFull(self.retry_after())
-        self.pending_rows += rows
-        try:
-            yield
-        finally:
-            self.pending_rows -= rows
-
     async def decode(self, z: torch.Tensor) -> torch.Tensor:
-        with self.admit(len(z)):
+        with self.budget.admit(len(z)):
             future = self.loop.create_future()
             with self.arrived:
                 self.items.append((z, future))
@@ -192,10 +130,7 @@ class DecodeBatcher:
             finally:
                 with self.arrived:
                     self.passes -= 1
-            if rows >= self.max_batch // 2:  # small passes cost more per row; a backlog is decoded in full ones
-                # Passes beside this one drain the same queue: the model's rate is theirs together.
-                rate = rows / max(seconds, 1e-6) * beside
-                self.rows_per_s = rate if self.rows_per_s is None else 0.8 * self.rows_per_s + 0.2 * rate
+            self.budget.observe_pass(rows, seconds, beside)
             self.on_batch(rows)
             answers = [(f, images) for (_, f), images in zip(live, out.split([len(z) for z, _ in live]))]
             self.call_on_loop(answer, answers)
@@ -208,6 +143,7 @@ class DecodeBatcher:
 
     def stop(self) -> None:
         """Refuse new rows and fail every row not yet answered with Retired (on the loop)."""
+        self.budget.close()
         with self.arrived:
             self.stopped = True
             left = [f for _, f in self.items] + list(self.taken)

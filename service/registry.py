@@ -17,6 +17,7 @@ from models_core.images import decode_images
 from models_core.latent import PcaBasis
 from models_core.projection import Projection, ProjectionConfig
 from models_core.precision import Precision, choose_precision
+from service.admission import as_api_errors
 from service.batching import DecodeBatcher
 from service.errors import ApiError
 from service.inference import compile_decoder, run_inference
@@ -45,8 +46,25 @@ class ServedModel:
         finally:
             self.users -= 1
 
+    async def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """uint8 images of latents z, decoded in a batch shared with other requests; a 503 (ApiError)
+        when the version is busy or was just retired."""
+        with as_api_errors(self):
+            return await self.batcher.decode(z)
+
+    @contextlib.contextmanager
+    def admit(self, rows: int):
+        """Other work on the inference threads (encoding `rows` faces) held against the row budget, as decoding is."""
+        with as_api_errors(self), self.budget.admit(rows):
+            yield
+
     async def retire(self, grace: float = 30.0) -> None:
         await self.batcher.retire(in_use=lambda: self.users > 0, grace=grace)
+
+    @property
+    def budget(self):
+        """Its admission (service/admission.py): the rows it may still take."""
+        return self.batcher.budget
 
     @property
     def manifest(self):

@@ -3,15 +3,16 @@
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Request, Response
+from fastapi import APIRouter, File, Query, Response
 
 from models_core import views
 from models_core.attributes import AttributeDirections, edit_offsets
+from service.admission import decodes
 from service.errors import ApiError, error_responses
 from service.registry import ServedModel
 from service.responses import grid_png
-from service.routes.images import (FaceFile, ProjectionSteps, ServedDep, Seed, decode, latents_of,
-                                   read_faces, render, require_latents_of_faces, upload_response)
+from service.dependencies import FaceLatentsDep
+from service.routes.images import FaceFile, Png, ProjectionSteps, ServedDep, Seed, upload_response
 from service.routes.openapi_tables import GET_PNG_409, UPLOAD_PNG
 
 router = APIRouter(tags=["attributes"])
@@ -67,8 +68,9 @@ async def attributes(served: ServedDep) -> dict:
 
 
 @router.get("/edit", responses=GET_PNG_409, response_class=Response)
+@decodes
 async def edit(
-    request: Request, served: ServedDep, attribute: Attribute, seed: Seed = 0,
+    png: Png, served: ServedDep, attribute: Attribute, seed: Seed = 0,
     n: Annotated[int, Query(ge=1, le=64, description="faces, one per row: those of /sample?seed=SEED&n=N, in its order",
                             examples=[8])] = 8,
     steps: EditSteps = 5, span: EditSpan = DEFAULT_SPAN, hold: Hold = "",
@@ -76,13 +78,14 @@ async def edit(
     """Faces of /sample made more or less of an attribute: one row per face, from -span to +span."""
     held = check_edit(served, attribute, hold)
     params = dict(attribute=attribute, seed=seed, n=n, steps=steps, span=span, hold=",".join(held))
-    return await render(request, served, params, seed, steps,
+    return await png.render(served, params, seed, steps,
                         lambda: views.edit_latents(served.checkpoint, attribute, seed, n, steps, span, held))
 
 
 @router.post("/edit", responses=UPLOAD_PNG, response_class=Response)
+@decodes
 async def edit_uploads(
-    request: Request, served: ServedDep, attribute: Attribute,
+    faces_in: FaceLatentsDep, served: ServedDep, attribute: Attribute,
     files: Annotated[list[FaceFile], File(min_length=1, max_length=64, description="face images (PNG, JPEG, WebP; "
                                             "for a GAN at most FACEGEN_MAX_PROJECTION_FACES, 8): each is centre-cropped "
                                             "and resized to 64×64, then encoded (AE/VAE) or projected (GAN)")],
@@ -91,10 +94,10 @@ async def edit_uploads(
     """Your faces made more or less of an attribute: one row per face, from -span to +span, through the
     encoder of an AE/VAE or the projection of a GAN (whose quality the X-Projection headers give)."""
     held = check_edit(served, attribute, hold)
-    require_latents_of_faces(request, served, len(files))
-    faces = await read_faces(request, files, served.serving_net.cfg.img_size)
-    z, made = await latents_of(request, served, faces, projection_steps)
+    faces_in.require(served, len(files))
+    faces = await faces_in.read(files, served.serving_net.cfg.img_size)
+    z, made = await faces_in.latents(served, faces, projection_steps)
     zs = served.checkpoint.attributes.edit(z.float().cpu(), attribute, edit_offsets(span, steps), held)
-    images = await decode(served, zs.reshape(-1, zs.shape[-1]))
+    images = await served.decode(zs.reshape(-1, zs.shape[-1]))
     data = await asyncio.to_thread(grid_png, images, steps)
     return upload_response(served, data, made)

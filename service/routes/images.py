@@ -1,23 +1,21 @@
 """Image endpoints: every one returns a PNG grid."""
 
 import asyncio
-import contextlib
-from typing import Annotated, AsyncIterator, Awaitable, Callable, Iterator, Literal
+from typing import Annotated, AsyncIterator, Awaitable, Callable, Literal
 
 import torch
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from pydantic import WithJsonSchema
 
 from models_core.checkpoint import MODEL_NAME_RE, PRIORS
-from models_core.images import (ImageDecodeError, UnsupportedImage, decode_image, originals_over_reconstructions, square_nrow,
-                                 to_uint8)
+from models_core.images import originals_over_reconstructions, square_nrow, to_uint8
 from models_core import views
 from models_core.latent import check_indices, interpolation_path
-from service.admission import busy
-from service.batching import QueueFull, Retired
+from service.admission import decodes
+from service.dependencies import BundledFacesDep, FaceLatentsDep, PngCacheDep, RegistryDep
 from service.errors import ApiError
-from service.projection import Projected, ProjectorBusy
-from service.registry import ModelRegistry, ServedModel
+from service.face_latents import DEFAULT_ANSWER_S, FaceLatents
+from service.registry import ServedModel
 from service.responses import IMMUTABLE, REVALIDATE, etag_for, grid_png, identity_headers, not_modified, png_response
 from service.routes.openapi_tables import GET_PNG, GET_PNG_409, GET_PROJECTED_PNG, UPLOAD_PNG
 
@@ -31,13 +29,12 @@ GridSteps = Annotated[int, Query(ge=2, le=16, description="grid side: steps × s
 
 
 async def served_model(
-    request: Request,
+    request: Request, registry: RegistryDep,
     model: Annotated[str | None, Query(pattern=MODEL_NAME_RE.pattern, max_length=64,
                                        description="model name: ae, vae, gan or any published name (default: gan if served)",
                                        examples=["gan"])] = None,
     version: Annotated[int | None, Query(ge=1, le=10**9, description="model version (default: latest)", examples=[1])] = None,
 ) -> AsyncIterator[ServedModel]:
-    registry: ModelRegistry = request.app.state.registry
     name = model or registry.default_model()
     served = await registry.get(name, version)
     request.state.model = name  # only now: a metric label never comes from an unknown name
@@ -48,7 +45,6 @@ async def served_model(
 
 ServedDep = Annotated[ServedModel, Depends(served_model)]
 MAX_SAMPLE = 256  # faces one /sample may ask for
-DEFAULT_ANSWER_S = 6.0  # a GAN projection whose steps are left out (no encoder) stops here: its time budget
 # An uploaded face: the schema says it is not empty, as the server enforces (an empty file is a 422).
 FaceFile = Annotated[UploadFile, WithJsonSchema({"type": "string", "contentMediaType": "application/octet-stream",
                                                  "minLength": 1})]
@@ -68,64 +64,56 @@ def prior_latents(served: ServedModel, n: int, seed: int, temperature: float = 1
         raise ApiError(409, f"prior={prior} is not available for {served.name}", str(e)) from None
 
 
-@contextlib.contextmanager
-def inference_refusals(served: ServedModel) -> Iterator[None]:
-    """The batcher's refusals as the API's 503s: busy (QueueFull), or the version just retired."""
-    try:
-        yield
-    except QueueFull as e:
-        raise busy(served, e) from None
-    except Retired:
-        raise ApiError(503, f"{served.name} v{served.version} was just retired", "retry: the request will be served "
-                       "by the version now being served", headers={"Retry-After": "1"}) from None
-
-
-async def decode(served: ServedModel, z: torch.Tensor) -> torch.Tensor:
-    with inference_refusals(served):
-        return await served.batcher.decode(z)
-
-
 def upload_response(served: ServedModel, data: bytes, made: dict[str, str]) -> Response:
     """A PNG made from uploads: never cached, named by model, version and precision, plus what made it."""
     return png_response(data, identity_headers(served.name, served.version, served.precision.name, None)
                         | made | {"Cache-Control": "no-store"})
 
 
-async def cached_png(request: Request, served: ServedModel, params: dict, seed: int | None,
+class PngReplies:
+    """Cached, ETagged PNG answers to this request."""
+
+    def __init__(self, request: Request, cache: PngCacheDep):
+        self.request, self.cache = request, cache
+
+    async def cached(self, served: ServedModel, params: dict, seed: int | None,
                      make: Callable[[], Awaitable[tuple[bytes, dict[str, str], bool]]]) -> Response:
-    """Cached, ETagged PNG response. `make()` gives the PNG, headers describing how it was made,
-    and whether it is the answer to keep for these parameters."""
-    etag = etag_for(request.url.path, served.name, served.version, served.precision.name, params)
-    headers = identity_headers(served.name, served.version, served.precision.name, seed) | {
-        "ETag": etag, "Cache-Control": IMMUTABLE if request.state.pinned else REVALIDATE}
-    if not_modified(request, etag):
-        return Response(status_code=304, headers=headers)
-    cache = request.app.state.cache
-    hit = cache.get(etag)
-    if hit is None:
-        data, made, keep = await make()
-        if keep:
-            cache.put(etag, data, made)
-        else:  # stopped by a time limit: not the parameters' answer, so nothing may cache it under their ETag
-            headers = {k: v for k, v in headers.items() if k != "ETag"} | {"Cache-Control": "no-store"}
-    else:
-        data, made = hit
-    return png_response(data, headers | made)
+        """`make()` gives the PNG, headers describing how it was made, and whether it is the answer to
+        keep for these parameters."""
+        request = self.request
+        etag = etag_for(request.url.path, served.name, served.version, served.precision.name, params)
+        headers = identity_headers(served.name, served.version, served.precision.name, seed) | {
+            "ETag": etag, "Cache-Control": IMMUTABLE if request.state.pinned else REVALIDATE}
+        if not_modified(request, etag):
+            return Response(status_code=304, headers=headers)
+        hit = self.cache.get(etag)
+        if hit is None:
+            data, made, keep = await make()
+            if keep:
+                self.cache.put(etag, data, made)
+            else:  # stopped by a time limit: not the parameters' answer, so nothing may cache it under their ETag
+                headers = {k: v for k, v in headers.items() if k != "ETag"} | {"Cache-Control": "no-store"}
+        else:
+            data, made = hit
+        return png_response(data, headers | made)
+
+    async def render(self, served: ServedModel, params: dict, seed: int | None, nrow: int,
+                     latents: Callable[[], torch.Tensor]) -> Response:
+        """decode(latents()) laid out nrow per row."""
+        async def make():
+            images = await served.decode(latents())
+            return await asyncio.to_thread(grid_png, images, nrow), {}, True
+
+        return await self.cached(served, params, seed, make)
 
 
-async def render(request: Request, served: ServedModel, params: dict, seed: int | None, nrow: int,
-                 latents: Callable[[], torch.Tensor]) -> Response:
-    """Cached, ETagged PNG of decode(latents()) laid out nrow per row."""
-    async def make():
-        images = await decode(served, latents())
-        return await asyncio.to_thread(grid_png, images, nrow), {}, True
-
-    return await cached_png(request, served, params, seed, make)
+Png = Annotated[PngReplies, Depends()]
 
 
 @router.get("/sample", responses=GET_PNG_409, response_class=Response)
+@decodes
 async def sample(
-    request: Request, served: ServedDep, seed: Seed = 0, nrow: Nrow = None,
+    png: Png, served: ServedDep, seed: Seed = 0, nrow: Nrow = None,
     n: Annotated[int, Query(ge=1, le=MAX_SAMPLE, description="number of faces", examples=[64])] = 64,
     temperature: Annotated[float, Query(gt=0, le=5, description="scale of the latents (lower: safer, plainer faces)", examples=[1.0])] = 1.0,
     prior: Annotated[Literal[PRIORS], Query(
@@ -135,12 +123,13 @@ async def sample(
     """Random faces drawn from the model's prior."""
     z = prior_latents(served, n, seed, temperature, prior)  # cheap; checks `prior` before any caching
     params = dict(n=n, nrow=nrow, seed=seed, temperature=temperature, prior=prior)
-    return await render(request, served, params, seed, nrow or square_nrow(n), lambda: z)
+    return await png.render(served, params, seed, nrow or square_nrow(n), lambda: z)
 
 
 @router.get("/interpolate", responses=GET_PNG, response_class=Response)
+@decodes
 async def interpolate(
-    request: Request, served: ServedDep, seed_a: Seed = 0,
+    png: Png, served: ServedDep, seed_a: Seed = 0,
     seed_b: Annotated[int, Query(ge=0, le=2**63 - 1, description="seed of the end points", examples=[1])] = 1,
     steps: Annotated[int, Query(ge=2, le=32, description="images along each path, ends included", examples=[8])] = 8,
     method: Annotated[Literal["slerp", "lerp"], Query(description="great-circle (slerp) or straight (lerp) path")] = "slerp",
@@ -149,13 +138,14 @@ async def interpolate(
     """Paths between latents drawn from seed_a and seed_b, one path per row."""
     params = dict(seed_a=seed_a, seed_b=seed_b, steps=steps, method=method, rows=rows)
 
-    return await render(request, served, params, seed_a, steps,
+    return await png.render(served, params, seed_a, steps,
                         lambda: views.interpolation_latents(served.checkpoint, seed_a, seed_b, steps, method, rows))
 
 
 @router.get("/pca-grid", responses=GET_PNG_409, response_class=Response)
+@decodes
 async def pca_grid(
-    request: Request, served: ServedDep, span: Span = 3.0, steps: GridSteps = 10,
+    png: Png, served: ServedDep, span: Span = 3.0, steps: GridSteps = 10,
     pc_x: Annotated[int, Query(ge=0, description="principal direction across the columns: below the model's "
                                "pca_components (in /models); the same as pc_y moves one direction along the diagonals", examples=[0])] = 0,
     pc_y: Annotated[int, Query(ge=0, description="principal direction down the rows: below the model's "
@@ -168,7 +158,7 @@ async def pca_grid(
     within(basis.n_components, "stored components", served, pc_x=pc_x, pc_y=pc_y)
     params = dict(pc_x=pc_x, pc_y=pc_y, span=span, steps=steps, seed=seed, centre=centre)
 
-    return await render(request, served, params, seed if centre == "sample" else None, steps,
+    return await png.render(served, params, seed if centre == "sample" else None, steps,
                         lambda: views.pca_grid_latents(served.checkpoint, basis, pc_x, pc_y, span, steps, centre, seed))
 
 
@@ -176,8 +166,9 @@ COORD = r"-?(?:10(?:\.0+)?|[0-9](?:\.[0-9]+)?)"  # a number within [-10, 10]
 
 
 @router.get("/pca-point", responses=GET_PNG_409, response_class=Response)
+@decodes
 async def pca_point(
-    request: Request, served: ServedDep,
+    png: Png, served: ServedDep,
     coords: Annotated[str, Query(max_length=400, pattern=rf"^\s*{COORD}(\s*,\s*{COORD})*\s*$",
                                  description="comma-separated coordinates along the first principal directions, in "
                                  "standard deviations from the centre; at most pca_components (in /models) values, "
@@ -193,13 +184,14 @@ async def pca_point(
                        "principal directions", f"send at most {basis.n_components} values")
     params = dict(coords=",".join(repr(v) for v in values), seed=seed, centre=centre)
 
-    return await render(request, served, params, seed if centre == "sample" else None, 1,
+    return await png.render(served, params, seed if centre == "sample" else None, 1,
                         lambda: views.pca_point_latent(served.checkpoint, basis, values, centre, seed))
 
 
 @router.get("/latent-grid", responses=GET_PNG_409, response_class=Response)
+@decodes
 async def latent_grid(
-    request: Request, served: ServedDep,
+    png: Png, served: ServedDep,
     span: Annotated[float, Query(gt=0, le=10, description="sweep each dimension from -span to +span around the centre: "
                                  "in standard deviations of that dimension (units=std) or in latent units (units=absolute)",
                                  examples=[3.0])] = 3.0,
@@ -220,7 +212,7 @@ async def latent_grid(
     within(served.latent_dim, "latent", served, dim_x=dim_x, dim_y=dim_y)
     params = dict(dim_x=dim_x, dim_y=dim_y, span=span, steps=steps, seed=seed, centre=centre, units=units)
 
-    return await render(request, served, params, seed if centre == "sample" else None, steps,
+    return await png.render(served, params, seed if centre == "sample" else None, steps,
                         lambda: views.latent_grid_latents(served.checkpoint, dim_x, dim_y, span, steps, centre, seed, units))
 
 
@@ -248,94 +240,17 @@ ProjectionSteps = Annotated[int | None, Query(ge=0, le=1000, description="GAN on
                             "encoder)", examples=[50])]
 
 
-def require_latents_of_faces(request: Request, served: ServedModel, n_faces: int = 1) -> None:
-    """409 unless `served` can map faces to latents: an encoder, or a GAN's projection (for few enough faces)."""
-    if served.has_encoder:
-        return
-    if not served.can_project:
-        raise ApiError(409, f"model {served.name!r} ({served.manifest.kind}) cannot take faces",
-                       "it has no encoder and is not a GAN; use an ae, vae or gan model")
-    limit = request.app.state.settings.max_projection_faces
-    if n_faces > limit:
-        raise ApiError(409, f"{n_faces} faces to project into {served.name!r}", f"a GAN projects at most "
-                       f"{limit} faces per request (FACEGEN_MAX_PROJECTION_FACES): each takes seconds")
-
-
-async def read_faces(request: Request, files: list[UploadFile], size: int) -> torch.Tensor:
-    settings = request.app.state.settings
-    if not 1 <= len(files) <= settings.max_files:
-        raise ApiError(422, f"{len(files)} files uploaded", f"send 1 to {settings.max_files} images")
-    faces = []
-    for f in files:
-        data = await f.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise ApiError(413, f"{f.filename!r} is too large", f"the limit is {settings.max_upload_bytes:,} bytes per image")
-        try:
-            faces.append(await asyncio.to_thread(decode_image, data, size, settings.max_upload_bytes, settings.max_upload_pixels))
-        except ImageDecodeError as e:
-            status = 415 if isinstance(e, UnsupportedImage) else 422
-            raise ApiError(status, f"{f.filename!r}: {e}", "upload PNG, JPEG or WebP face images") from None
-    return torch.stack(faces)
-
-
-async def embed(request: Request, served: ServedModel, faces: torch.Tensor) -> torch.Tensor:
-    """Encode on an inference thread; the faces count against the model's admission budget like rows to decode."""
-    with inference_refusals(served), served.batcher.admit(len(faces)):
-        return await request.app.state.registry.workers.run(served.embed, faces)
-
-
-def steps_to_run(request: Request, served: ServedModel, steps: int | None) -> int:
-    """The steps a projection runs: those asked for, else the default; 0 only from an encoder's start."""
-    if steps == 0 and served.encoder is None:
-        raise ApiError(409, f"{served.name} v{served.version} has no encoder to start a projection from",
-                       "ask for 1 or more steps, or use a version published with an encoder")
-    if steps is not None:
-        return steps
-    settings = request.app.state.settings
-    return settings.encoder_projection_steps if served.encoder is not None else settings.projection_steps
-
-
-async def project(request: Request, served: ServedModel, faces: torch.Tensor, steps: int | None,
-                  time_limit_s: float | None = None) -> Projected:
-    if steps is None and served.encoder is None and time_limit_s is None:
-        time_limit_s = DEFAULT_ANSWER_S  # defaults answer within 10 s on 2 CPU cores; more steps are for asking
-    steps = steps_to_run(request, served, steps)
-    try:
-        return await request.app.state.projector.project(served, faces, steps, time_limit_s)
-    except ProjectorBusy as e:
-        raise ApiError(503, "every projection slot is taken", f"{request.app.state.projector.max_running} projections "
-                       f"run at once (FACEGEN_MAX_PROJECTIONS); retry after {e.retry_after} s",
-                       headers={"Retry-After": str(e.retry_after)}) from None
-
-
-async def latents_of(request: Request, served: ServedModel, faces: torch.Tensor,
-                     steps: int | None) -> tuple[torch.Tensor, dict[str, str]]:
-    """The faces' latents: the encoder's means, or a GAN's projection (whose quality goes in headers)."""
-    if served.has_encoder:
-        return await embed(request, served, faces), {}
-    projected = await project(request, served, faces, steps)
-    return projected.z, projected.headers()
-
-
-async def reconstruct(request: Request, served: ServedModel, faces: torch.Tensor, steps: int | None,
-                      time_limit_s: float | None = None) -> tuple[torch.Tensor, dict[str, str]]:
-    """uint8 decodings of the faces' latents, and headers describing them."""
-    if served.has_encoder:
-        return await decode(served, await embed(request, served, faces)), {}
-    projected = await project(request, served, faces, steps, time_limit_s)  # it has decoded G(z*) already
-    return projected.images, projected.headers()
-
-
-async def reconstruction_png(request: Request, served: ServedModel, faces: torch.Tensor, steps: int | None,
+async def reconstruction_png(faces_in: FaceLatents, served: ServedModel, faces: torch.Tensor, steps: int | None,
                              time_limit_s: float | None = None) -> tuple[bytes, dict[str, str]]:
-    recon, headers = await reconstruct(request, served, faces, steps, time_limit_s)
+    recon, headers = await faces_in.reconstruct(served, faces, steps, time_limit_s)
     images, width = originals_over_reconstructions(faces, recon)
     return await asyncio.to_thread(grid_png, images, width), headers
 
 
 @router.post("/reconstruct", responses=UPLOAD_PNG, response_class=Response)
+@decodes
 async def reconstruct_upload(
-    request: Request, served: ServedDep,
+    faces_in: FaceLatentsDep, served: ServedDep,
     files: Annotated[list[FaceFile], File(min_length=1, max_length=64, description="1-64 face images (PNG, JPEG, "
                                             "WebP; at most FACEGEN_MAX_FILES, and FACEGEN_MAX_PROJECTION_FACES (8) for a "
                                             "GAN); each is centre-cropped and resized to 64×64")],
@@ -343,15 +258,16 @@ async def reconstruct_upload(
 ) -> Response:
     """Your faces (rows of originals) above the model's reconstructions of them: through the encoder
     of an AE/VAE, through projection (see /project) for a GAN."""
-    require_latents_of_faces(request, served, len(files))
-    faces = await read_faces(request, files, served.serving_net.cfg.img_size)
-    data, headers = await reconstruction_png(request, served, faces, steps)
+    faces_in.require(served, len(files))
+    faces = await faces_in.read(files, served.serving_net.cfg.img_size)
+    data, headers = await reconstruction_png(faces_in, served, faces, steps)
     return upload_response(served, data, headers)
 
 
 @router.get("/reconstruct", responses=GET_PROJECTED_PNG, response_class=Response)
+@decodes
 async def reconstruct_bundled(
-    request: Request, served: ServedDep, seed: Seed = 0,
+    png: Png, faces_in: FaceLatentsDep, bundled: BundledFacesDep, served: ServedDep, seed: Seed = 0,
     n: Annotated[int | None, Query(ge=1, le=64, description="how many of the bundled held-out faces (default: 8 "
                                    "through an encoder, 1 by projection; a GAN projects at most "
                                    "FACEGEN_MAX_PROJECTION_FACES, 8)", examples=[1])] = None,
@@ -362,25 +278,25 @@ async def reconstruct_bundled(
     A GAN has no encoder: its reconstructions are projections, long by nature (about 9 s a face at 200 steps
     on 2 CPU cores without bf16). So its defaults are one face, and, when `steps` is left out, at most
     DEFAULT_ANSWER_S seconds of projection: the X-Projection-Steps header says how many steps ran."""
-    bundled = request.app.state.faces
     quick = steps is None and not served.has_encoder and served.encoder is None  # as in project()
     n = min(n or (8 if served.has_encoder else 1), len(bundled))
-    require_latents_of_faces(request, served, n)
-    steps = None if served.has_encoder else steps_to_run(request, served, steps)
-    params = dict(seed=seed, n=n, steps=steps) | ({"budget_s": DEFAULT_ANSWER_S} if quick else {})
+    faces_in.require(served, n)
+    steps = None if served.has_encoder else faces_in.steps_to_run(served, steps)
+    params = dict(seed=seed, n=n, steps=steps) | ({"budget_s": faces_in.default_answer_s} if quick else {})
 
     async def make():
         pick = torch.randperm(len(bundled), generator=torch.Generator().manual_seed(seed))[:n]
-        data, made = await reconstruction_png(request, served, bundled[pick], steps, DEFAULT_ANSWER_S if quick else None)
+        data, made = await reconstruction_png(faces_in, served, bundled[pick], steps, faces_in.default_answer_s if quick else None)
         # a projection stopped by the time limit is not the answer for these parameters
         return data, made, made.get("X-Projection-Steps", str(steps)) == str(steps)
 
-    return await cached_png(request, served, params, seed, make)
+    return await png.cached(served, params, seed, make)
 
 
 @router.post("/project", responses=UPLOAD_PNG, response_class=Response)
+@decodes
 async def project_upload(
-    request: Request, served: ServedDep,
+    faces_in: FaceLatentsDep, served: ServedDep,
     files: Annotated[list[FaceFile], File(min_length=1, max_length=64, description="face images (PNG, JPEG, WebP; "
                                             "at most FACEGEN_MAX_PROJECTION_FACES, 8); each is centre-cropped and "
                                             "resized to 64×64")],
@@ -396,17 +312,18 @@ async def project_upload(
     if not served.can_project:
         raise ApiError(409, f"model {served.name!r} ({served.manifest.kind}) is not a GAN",
                        "projection is for GANs; an ae or vae reconstructs through its encoder: POST /reconstruct")
-    require_latents_of_faces(request, served, len(files))
-    faces = await read_faces(request, files, served.serving_net.cfg.img_size)
-    projected = await project(request, served, faces, steps)
+    faces_in.require(served, len(files))
+    faces = await faces_in.read(files, served.serving_net.cfg.img_size)
+    projected = await faces_in.project(served, faces, steps)
     pairs = torch.stack([to_uint8(faces), projected.images], 1).flatten(0, 1)  # face, G(z*), face, G(z*), ...
     data = await asyncio.to_thread(grid_png, pairs, 2)
     return upload_response(served, data, projected.headers())
 
 
 @router.post("/interpolate", responses=UPLOAD_PNG, response_class=Response)
+@decodes
 async def interpolate_uploads(
-    request: Request, served: ServedDep,
+    faces_in: FaceLatentsDep, served: ServedDep,
     a: Annotated[FaceFile, File(description="first face image")],
     b: Annotated[FaceFile, File(description="second face image")],
     steps: Annotated[int, Query(ge=2, le=32, description="images along the path, ends included")] = 8,
@@ -414,9 +331,9 @@ async def interpolate_uploads(
     projection_steps: ProjectionSteps = None,
 ) -> Response:
     """A path between the latents of two uploaded faces: their encodings (AE/VAE) or their projections (GAN)."""
-    require_latents_of_faces(request, served, 2)
-    faces = await read_faces(request, [a, b], served.serving_net.cfg.img_size)
-    z, made = await latents_of(request, served, faces, projection_steps)
-    images = await decode(served, interpolation_path(z[:1], z[1:], steps, method)[0])
+    faces_in.require(served, 2)
+    faces = await faces_in.read([a, b], served.serving_net.cfg.img_size)
+    z, made = await faces_in.latents(served, faces, projection_steps)
+    images = await served.decode(interpolation_path(z[:1], z[1:], steps, method)[0])
     data = await asyncio.to_thread(grid_png, images, steps)
     return upload_response(served, data, made)

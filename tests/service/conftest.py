@@ -1,9 +1,11 @@
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +97,58 @@ def threaded_server(app):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+async def with_app(app, body):
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://facegen") as client:
+            return await body(client)
+
+
+@contextlib.contextmanager
+def inference_threads_held(app):
+    """Every inference thread taken by other work (as by GAN projections) until the event is set."""
+    release, registry = threading.Event(), app.state.registry
+    held = [asyncio.ensure_future(registry.workers.run(release.wait, 60)) for _ in range(registry.workers.workers)]
+    try:
+        yield release
+    finally:
+        release.set()
+        for h in held:
+            h.cancel()
+
+
+@contextlib.contextmanager
+def budget_spent(served):
+    """The model's whole row budget held, as queued work would hold it: the model is saturated."""
+    with served.budget.admit(served.budget.rows):
+        yield
+
+
+def record_entries(app) -> list[tuple[str, str]]:
+    """(method, path) of every request that reaches the application's middleware stack."""
+    entered = []
+
+    class Recording:
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] == "http":
+                entered.append((scope["method"], scope["path"]))
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(Recording)
+    return entered
+
+
+async def until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))

@@ -13,7 +13,7 @@ from service.app import create_app
 from tests.conftest import publish_vivid_gan, wait_until
 from tests.service.conftest import make_settings, threaded_server
 from tests.service.test_images import grid_side, image_bytes, png_size
-from tests.service.test_runtime import metric
+from tests.service.conftest import metric
 
 
 @pytest.fixture
@@ -63,9 +63,9 @@ def test_by_default_a_gan_reconstructs_one_face_and_an_encoder_eight(client):
 
 
 def test_a_gan_projection_with_default_steps_stops_at_its_time_budget(client, monkeypatch):
-    from service.routes import images
+    from service.face_latents import FaceLatents
 
-    monkeypatch.setattr(images, "DEFAULT_ANSWER_S", 0.02)
+    monkeypatch.setattr(FaceLatents, "default_answer_s", 0.02)
     quick = client.get("/reconstruct?model=vivid-gan&n=2")
     assert png_size(quick) == (grid_side(2), grid_side(2))
     assert 1 <= int(quick.headers["x-projection-steps"]) < 200

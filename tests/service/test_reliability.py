@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from service.app import create_app
-from service.batching import MIN_ROWS_BESIDE, DecodeBatcher, Retired
+from service.admission import Retired
+from service.batching import DecodeBatcher
 from service.guard import RequestGuard
 from tests.conftest import publish_tiny, wait_until
-from tests.service.conftest import make_settings, start_server, threaded_server
-from tests.service.test_runtime import metric, with_app
+from tests.service.conftest import inference_threads_held, make_settings, metric, start_server, threaded_server, with_app
 
 HANG = 5.0  # a future still pending after this long is a request that would hang forever
 
@@ -95,10 +95,9 @@ def test_a_request_past_its_deadline_gets_a_json_504(served_store):
     app = create_app(make_settings(served_store, request_timeout_s=0.3, cache_mb=0))
 
     async def body(client):
-        served = app.state.registry.latest["gan"]
-        fast = served.batcher.forward
-        served.batcher.forward = lambda z: (time.sleep(1.0), fast(z))[1]
-        return await client.get("/sample?model=gan&n=1"), await client.get("/metrics")
+        with inference_threads_held(app):  # the decode cannot start before the deadline
+            r = await client.get("/sample?model=gan&n=1")
+        return r, await client.get("/metrics")
 
     r, metrics = asyncio.run(with_app(app, body))
     assert r.status_code == 504 and r.headers["content-type"] == "application/json"
@@ -272,22 +271,15 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
     """Clients that give up while their rows wait in the queue disconnect; the rows are dropped."""
     app = create_app(make_settings(served_store, cache_mb=0))
     with threaded_server(app) as url:
-        batcher = app.state.registry.latest["gan"].batcher
-        workers = app.state.registry.workers.workers
-        fast, started, release = batcher.forward, threading.Semaphore(0), threading.Event()
+        pool = app.state.registry.workers
+        started, release = threading.Semaphore(0), threading.Event()
 
-        def held_forward(z):  # passes wait until the test lets them go: no race with a slow CPU
+        def held():  # other work holds every inference thread until the test lets it go: no race with a slow CPU
             started.release()
             release.wait(60)
-            return fast(z)
-
-        batcher.forward = held_forward
 
         def ask(seed, n, timeout):
-            try:
-                return httpx.get(f"{url}/sample", params={"model": "gan", "n": n, "seed": seed}, timeout=timeout).status_code
-            except httpx.TimeoutException:
-                return "gave up"
+            return httpx.get(f"{url}/sample", params={"model": "gan", "n": n, "seed": seed}, timeout=timeout).status_code
 
         def gone() -> float:
             return metric(httpx.get(f"{url}/metrics").text, 'facegen_requests_total{endpoint="/sample",model="gan",status="499"}')
@@ -295,10 +287,8 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
         def waiting() -> float:
             return metric(httpx.get(f"{url}/metrics").text, 'facegen_queue_depth{model="gan"}')
 
-        # Occupy every inference thread: each with rows enough for a pass beside the others.
-        first = [threading.Thread(target=ask, args=(i, MIN_ROWS_BESIDE, 60)) for i in range(workers)]
-        for t in first:
-            t.start()
+        for _ in range(pool.workers):
+            pool.executor.submit(held)
             assert started.acquire(timeout=30)
         try:
             # These queue behind it; once all six wait (an event, not a time: a slow machine only takes
@@ -308,15 +298,12 @@ def test_requests_abandoned_by_their_clients_are_never_decoded(served_store):
             for client in clients:
                 client.close()
             assert wait_until(lambda: gone() == 6, timeout=30)  # the server has seen them go
-        finally:  # a failed check must not leave the inference thread held
+        finally:  # a failed check must not leave the inference threads held
             release.set()
-            for t in first:
-                t.join(timeout=60)
-        batcher.forward = fast
         assert ask(99, 2, 30) == 200  # and the server carries on
         text = httpx.get(f"{url}/metrics").text
     assert metric(text, 'facegen_rows_dropped_total{model="gan"}') == 6 * 5
-    assert metric(text, 'facegen_rows_decoded_total{model="gan"}') == workers * MIN_ROWS_BESIDE + 2
+    assert metric(text, 'facegen_rows_decoded_total{model="gan"}') == 2
 
 
 def guarded(app, timeout: float, receive, send):

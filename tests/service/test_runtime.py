@@ -17,23 +17,12 @@ import torch
 from fastapi.testclient import TestClient
 
 from models_core.checkpoint import WEIGHTS_FILE, CheckpointStore
-from service.admission import query_value
 from service.app import create_app
-from service.batching import DecodeBatcher, QueueFull, Retired
+from service.admission import QueueFull, Retired, RowBudget
+from service.batching import DecodeBatcher
 from service.workers import InferencePool
 from tests.conftest import publish_tiny, wait_until
-from tests.service.conftest import make_settings
-
-
-async def with_app(app, body):
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://facegen") as client:
-            return await body(client)
-
-
-def metric(text: str, name: str) -> float:
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+from tests.service.conftest import budget_spent, inference_threads_held, make_settings, metric, record_entries, until, with_app
 
 
 def test_concurrent_requests_are_batched_and_identical_to_single_ones(served_store):
@@ -66,11 +55,11 @@ def test_batcher_admits_by_rows_not_requests():
         await asyncio.sleep(0.05)  # the worker takes it and blocks in forward: 1 row pending
         queued = [asyncio.ensure_future(batcher.decode(torch.ones(1, 2))) for _ in range(3)]
         await asyncio.sleep(0)
-        assert batcher.pending_rows == 4
+        assert batcher.budget.pending_rows == 4
         with pytest.raises(QueueFull):  # one more row is over the budget
             await batcher.decode(torch.ones(1, 2))
         results = await asyncio.gather(first, *queued)
-        assert batcher.pending_rows == 0
+        assert batcher.budget.pending_rows == 0
 
         big = asyncio.ensure_future(batcher.decode(torch.ones(3, 2)))  # idle: admitted whatever its size
         await asyncio.sleep(0.05)
@@ -94,41 +83,37 @@ def test_the_row_budget_follows_the_measured_decode_rate():
         return batcher
 
     batcher = asyncio.run(body())
-    assert 100 < batcher.rows_per_s <= 400
-    assert batcher.row_budget == int(batcher.rows_per_s * 2.0)
+    assert 100 < batcher.budget.rows_per_s <= 400
+    assert batcher.budget.rows == int(batcher.budget.rows_per_s * 2.0)
 
 
 def test_full_queue_answers_503_with_retry_after(served_store):
     app = create_app(make_settings(served_store, max_batch=1, max_queue_s=0, max_wait_ms=0, cache_mb=0))
 
     async def body(client):
-        served = app.state.registry.latest["gan"]
-        fast = served.batcher.forward
-        served.batcher.forward = lambda z: (time.sleep(0.3), fast(z))[1]
-        return await asyncio.gather(*(client.get(f"/sample?model=gan&n=1&seed={s}") for s in range(6)))
+        with inference_threads_held(app) as release:  # the 4 rows of the budget wait; the other 2 are refused
+            asks = [asyncio.ensure_future(client.get(f"/sample?model=gan&n=1&seed={s}")) for s in range(6)]
+            await until(lambda: sum(a.done() for a in asks) == 2)
+            release.set()
+            return await asyncio.gather(*asks)
 
     responses = asyncio.run(with_app(app, body))
     busy = [r for r in responses if r.status_code == 503]
-    assert busy and any(r.status_code == 200 for r in responses)
+    assert len(busy) == 2 and sum(r.status_code == 200 for r in responses) == 4
     assert int(busy[0].headers["retry-after"]) >= 1 and "busy" in busy[0].json()["error"]
 
 
-def test_a_saturated_model_is_refused_before_routing_and_others_still_served(served_store, monkeypatch):
+def test_a_saturated_model_is_refused_before_routing_and_others_still_served(served_store):
     app = create_app(make_settings(served_store, shed_pace_ms=0))
-    sampled = []
+    entered = record_entries(app)
 
     async def body(client):
-        gan = app.state.registry.latest["gan"].batcher
-        gan.pending_rows, gan.refusing = gan.row_budget, True  # as if the budget were spent by queued work
-        import service.routes.images as images
-
-        original = images.prior_latents
-        monkeypatch.setattr(images, "prior_latents", lambda *a, **k: (sampled.append(1), original(*a, **k))[1])
-        busy = await client.get("/sample?n=1", headers={"X-Request-ID": "req-7"})  # gan is the default model
-        pinned_busy = await client.get("/latent-grid?model=gan&version=1")
-        other = await client.get("/sample?model=vae&n=1")
-        unknown = await client.get("/sample?model=nope")
-        gan.pending_rows = 0  # the backlog drained: served again
+        with budget_spent(app.state.registry.latest["gan"]):
+            busy = await client.get("/sample?n=1", headers={"X-Request-ID": "req-7"})  # gan is the default model
+            pinned_busy = await client.get("/latent-grid?model=gan&version=1")
+            other = await client.get("/sample?model=vae&n=1")
+            unknown = await client.get("/sample?model=nope")
+        # the backlog drained: served again
         again = await client.get("/sample?model=gan&n=1")
         return busy, pinned_busy, other, unknown, again, (await client.get("/metrics")).text
 
@@ -137,28 +122,19 @@ def test_a_saturated_model_is_refused_before_routing_and_others_still_served(ser
     assert "busy" in busy.json()["error"] and int(busy.headers["retry-after"]) >= 1
     assert busy.headers["x-request-id"] == "req-7"
     assert other.status_code == 200 and unknown.status_code == 404 and again.status_code == 200
-    assert len(sampled) == 2  # the refused requests never reached the route
+    assert entered.count(("GET", "/sample")) == 3 and ("GET", "/latent-grid") not in entered  # refused before the stack
     assert metric(metrics, 'facegen_requests_total{endpoint="/sample",model="gan",status="503"}') == 1
 
 
 def test_refusals_skip_the_whole_stack_but_not_the_method_answers(served_store):
     app = create_app(make_settings(served_store, shed_pace_ms=0))
-    entered = []
+    entered = record_entries(app)
 
     async def body(client):
-        gan = app.state.registry.latest["gan"].batcher
-        gan.pending_rows, gan.refusing = gan.row_budget, True
-        await client.get("/healthz")  # builds the stack
-        stack = app.middleware_stack
-
-        async def recording_stack(scope, receive, send):
-            entered.append((scope["method"], scope["path"]))
-            await stack(scope, receive, send)
-
-        app.middleware_stack = recording_stack
-        busy = await client.get("/sample?model=gan&n=1")
-        options = await client.options("/sample?model=gan")
-        wrong = await client.post("/sample?model=gan")
+        with budget_spent(app.state.registry.latest["gan"]):
+            busy = await client.get("/sample?model=gan&n=1")
+            options = await client.options("/sample?model=gan")
+            wrong = await client.post("/sample?model=gan")
         return busy, options, wrong
 
     busy, options, wrong = asyncio.run(with_app(app, body))
@@ -176,9 +152,8 @@ def test_many_refused_clients_are_answered_no_faster_than_the_shed_rate(served_s
         return response.status_code, time.perf_counter() - start
 
     async def body(client):
-        gan = app.state.registry.latest["gan"].batcher
-        gan.pending_rows, gan.refusing = gan.row_budget, True
-        answers = await asyncio.gather(*(timed(client.get(f"/sample?model=gan&n=1&seed={i}")) for i in range(10)))
+        with budget_spent(app.state.registry.latest["gan"]):
+            answers = await asyncio.gather(*(timed(client.get(f"/sample?model=gan&n=1&seed={i}")) for i in range(10)))
         return answers, app.admission.held
 
     answers, held = asyncio.run(with_app(app, body))
@@ -188,43 +163,57 @@ def test_many_refused_clients_are_answered_no_faster_than_the_shed_rate(served_s
     assert waits[-1] >= 9 / 20 - 0.05  # the tenth, with nine already held: 9 / (20 a second)
 
 
-def test_admission_reads_model_and_version_the_way_the_routes_do():
-    assert query_value(b"n=4&model=gan&version=3", b"model") == "gan"
-    assert query_value(b"n=4&model=vae&model=g%61n", b"model") == "gan"  # decoded; the last one counts, as in FastAPI
-    assert query_value(b"n=4&mymodel=vae", b"model") is None and query_value(b"", b"version") is None
-    assert query_value(b"model=&n=1", b"model") == ""  # empty: the default model, as for the routes
+def test_admission_reads_model_and_version_the_way_the_routes_do(served_store):
+    app = create_app(make_settings(served_store, shed_pace_ms=0))
+
+    async def body(client):
+        with budget_spent(app.state.registry.latest["gan"]):
+            return {q: (await client.get(f"/sample?{q}")).status_code for q in (
+                "n=1&model=g%61n", "n=1&model=", "n=1&mymodel=vae", "n=1&model=vae", "n=1&model=gan&version=1",
+                "n=1&model=gan&version=01")}
+
+    statuses = asyncio.run(with_app(app, body))
+    assert statuses["n=1&model=g%61n"] == 503  # decoded, as FastAPI does
+    assert statuses["n=1&model="] == statuses["n=1&mymodel=vae"] == 503  # empty or absent: the default model, gan
+    assert statuses["n=1&model=vae"] == 200
+    assert statuses["n=1&model=gan&version=1"] == 503  # the served version, pinned
+    assert statuses["n=1&model=gan&version=01"] != 200  # not the served version's spelling: the route answers
 
 
 def test_a_refusal_is_held_no_longer_than_its_retry_after_nor_its_client(served_store):
     app = create_app(make_settings(served_store, shed_pace_ms=30_000))
 
     async def body(client):
-        gan = app.state.registry.latest["gan"].batcher
-        gan.rows_per_s = 1e6  # a fast model: a full queue is 1 s of work, Retry-After 1
-        gan.pending_rows, gan.refusing = gan.row_budget, True
-        start = time.perf_counter()
-        capped = await client.get("/sample?model=gan&n=1")
-        capped_s = time.perf_counter() - start
-
-        async def leaves_after_50_ms():
-            await asyncio.sleep(0.05)
-            return {"type": "http.disconnect"}
-
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "method": "GET", "path": "/sample", "query_string": b"model=gan", "headers": []}
-        start = time.perf_counter()
-        await app(scope, leaves_after_50_ms, send)
-        gone_s = time.perf_counter() - start
+        gan = app.state.registry.latest["gan"]
+        gan.budget.observe_pass(rows=10**6, seconds=1.0, beside=1)  # a fast model: a full queue is 1 s of work, Retry-After 1
+        with budget_spent(gan):
+            start = time.perf_counter()
+            capped = await client.get("/sample?model=gan&n=1")
+            capped_s = time.perf_counter() - start
+            sent, gone_s = await abandoned_refusal(app)
         return capped, capped_s, sent, gone_s, app.admission.held, (await client.get("/metrics")).text
 
     capped, capped_s, sent, gone_s, held, metrics = asyncio.run(with_app(app, body))
     assert capped.status_code == 503 and capped.headers["retry-after"] == "1" and capped_s < 2  # not the 30-s pace
     assert sent == [] and gone_s < 0.5 and held == 0  # the client left: its hold ended, nothing was answered
     assert metric(metrics, 'facegen_requests_total{endpoint="/sample",model="gan",status="499"}') == 1
+
+
+async def abandoned_refusal(app) -> tuple[list, float]:
+    """A request whose client leaves after 50 ms: what it was sent, and how long it took."""
+    async def leaves_after_50_ms():
+        await asyncio.sleep(0.05)
+        return {"type": "http.disconnect"}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/sample", "query_string": b"model=gan", "headers": []}
+    start = time.perf_counter()
+    await app(scope, leaves_after_50_ms, send)
+    return sent, time.perf_counter() - start
 
 
 def test_versions_retired_after_start_up_are_still_collected(served_store):
@@ -256,12 +245,11 @@ def test_a_saturated_model_still_answers_revalidation_from_what_it_has(served_st
 
     async def body(client):
         first = await client.get("/sample?model=gan&n=2&seed=4")
-        gan = app.state.registry.latest["gan"].batcher
-        gan.pending_rows, gan.refusing = gan.row_budget, True
-        unchanged = await client.get("/sample?model=gan&n=2&seed=4", headers={"If-None-Match": first.headers["etag"]})
-        stale = await client.get("/sample?model=gan&n=2&seed=4", headers={"If-None-Match": '"other"'})  # a cache hit
-        new = await timed(client.get("/sample?model=gan&n=2&seed=5", headers={"If-None-Match": '"other"'}))  # must decode
-        plain = await timed(client.get("/sample?model=gan&n=2&seed=4"))
+        with budget_spent(app.state.registry.latest["gan"]):
+            unchanged = await client.get("/sample?model=gan&n=2&seed=4", headers={"If-None-Match": first.headers["etag"]})
+            stale = await client.get("/sample?model=gan&n=2&seed=4", headers={"If-None-Match": '"other"'})  # a cache hit
+            new = await timed(client.get("/sample?model=gan&n=2&seed=5", headers={"If-None-Match": '"other"'}))  # must decode
+            plain = await timed(client.get("/sample?model=gan&n=2&seed=4"))
         return first, unchanged, stale, new, plain
 
     first, unchanged, stale, new, plain = asyncio.run(with_app(app, body))
@@ -272,22 +260,17 @@ def test_a_saturated_model_still_answers_revalidation_from_what_it_has(served_st
 
 
 def test_refusals_last_until_the_backlog_falls_below_90_percent():
-    async def body():
-        b = DecodeBatcher(lambda z: z, ThreadPoolExecutor(1), max_batch=5, max_wait=0, max_queue_s=0)  # budget 20
-        b.pending_rows = 16
+    budget = RowBudget(max_batch=5, max_queue_s=0)  # four batches: 20 rows
+    with budget.admit(17), budget.admit(1):
         with pytest.raises(QueueFull):
-            with b.admit(5):  # 16 + 5 > 20
+            with budget.admit(3):  # 18 + 3 > 20
                 pass
-        b.pending_rows = 18
         with pytest.raises(QueueFull):  # 18 + 1 would fit, but the model is refusing until below 18
-            with b.admit(1):
+            with budget.admit(1):
                 pass
-        b.pending_rows = 17
-        with b.admit(1):
-            assert b.pending_rows == 18
-        await b.retire()
-
-    asyncio.run(body())
+    with budget.admit(17), budget.admit(1):  # below 90% again: admitted
+        assert budget.pending_rows == 18
+    assert budget.pending_rows == 0
 
 
 def test_freed_heap_is_handed_back_when_a_queue_drains_and_now_and_then_under_load(monkeypatch):
