@@ -14,13 +14,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from service.local_server import LocalServer, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,62 +54,10 @@ def nginx_config(listen: int, replica_ports: list[int], workdir: Path) -> Path:
     return main
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-@dataclass
-class Replica:
-    """One `python -m service` process on a fixed port: stopped with SIGTERM, started again on the same port."""
-
-    port: int
-    env: dict[str, str]
-    proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def start(self, timeout: float = 60) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(self.port)], env=self.env,
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if not wait_until(self.ready, timeout):
-            raise RuntimeError(f"replica on {self.port} did not become ready:\n{self.stop()}")
-
-    def stop(self, timeout: float = 60) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.communicate(timeout=timeout)[0]
-        except subprocess.TimeoutExpired:  # stuck (in start-up, say): it must not outlive the run
-            self.proc.kill()
-            return self.proc.communicate()[0] + f"\n(killed: no exit {timeout:.0f} s after SIGTERM)"
-
-
 @contextlib.contextmanager
 def replicas_behind_nginx(checkpoint_root: Path, env: dict[str, str] | None = None, count: int = 2):
     """`count` replicas serving `checkpoint_root`, and nginx in front of them: yields (nginx url, replicas)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FACEGEN_CHECKPOINT_ROOT": str(checkpoint_root), **(env or {})}
-    replicas = [Replica(free_port(), env) for _ in range(count)]
+    replicas = [LocalServer(checkpoint_root, env or {}) for _ in range(count)]
     with tempfile.TemporaryDirectory() as workdir:
         listen = free_port()
         conf = nginx_config(listen, [r.port for r in replicas], Path(workdir))
@@ -141,7 +89,7 @@ def replicas_behind_nginx(checkpoint_root: Path, env: dict[str, str] | None = No
                 nginx.wait()
 
 
-def roll(replicas: list[Replica], pause_s: float) -> None:
+def roll(replicas: list[LocalServer], pause_s: float) -> None:
     """Each replica in turn: SIGTERM, wait for it to exit, start it again, wait until it is ready."""
     for replica in replicas:
         time.sleep(pause_s)
@@ -150,7 +98,7 @@ def roll(replicas: list[Replica], pause_s: float) -> None:
     time.sleep(pause_s)
 
 
-def rolling_restart(url: str, replicas: list[Replica], path: str, concurrency: int = 8, pause_s: float = 2.0) -> dict:
+def rolling_restart(url: str, replicas: list[LocalServer], path: str, concurrency: int = 8, pause_s: float = 2.0) -> dict:
     """wrk on `url` + `path` for as long as a roll of `replicas` takes: its requests, failures and p99."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_SCRIPT % (path, random.getrandbits(36)))

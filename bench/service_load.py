@@ -18,7 +18,6 @@ import io
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from models_core.precision import PRECISIONS
+from service.local_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,12 +108,6 @@ def report(name: str, latencies: list[float], wall: float) -> float:
     rps = len(latencies) / wall
     print(f"  {name:28s} p50 {q[49] * 1000:8.1f} ms   p99 {q[98] * 1000:8.1f} ms   {rps:7.2f} req/s")
     return rps
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Seeds start at a fresh random base in every run: a seed seen by an earlier run would be a cache hit.

@@ -8,44 +8,15 @@ Starts `python -m service` on the checkpoint root (a free loopback port), opens 
 """
 
 import argparse
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
+from service.local_server import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTHS = {"desktop": {"width": 1280, "height": 1000}, "phone": {"width": 390, "height": 844}}
 SETTLED = ("document.body.dataset.ready === '1' && document.body.dataset.pending === '0' "
            "&& !document.querySelector('figure[data-state=loading]')")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(checkpoint_root: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FACEGEN_CHECKPOINT_ROOT": str(checkpoint_root)}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit(f"the service on {checkpoint_root} did not become ready")
 
 
 def main() -> None:
@@ -59,7 +30,11 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
-    proc, url = serve(args.checkpoint_root)
+    try:
+        server = LocalServer(args.checkpoint_root).start(timeout=120)
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
+    url = server.url
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
@@ -73,8 +48,7 @@ def main() -> None:
                       f"{viewport['width']}×{viewport['height']} px, {path.stat().st_size / 1024:.0f} KiB")
             browser.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,4 @@
 import os
-import socket
-import time
 
 import pytest
 import torch
@@ -52,22 +50,6 @@ def publish_vivid_gan(store: CheckpointStore, name: str = "vivid-gan", basis: bo
     if basis:
         extras |= ganspace_basis(g, torch.device("cpu"), n_samples=64, seed=0).to_tensors()
     return store.publish(name, "gan", g.cfg, g.state_dict(), step=10, epoch=1, extras=extras)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    """Poll `predicate` until it is true or `timeout` seconds pass; return whether it became true."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

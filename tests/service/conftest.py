@@ -1,12 +1,7 @@
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -15,8 +10,10 @@ from fastapi.testclient import TestClient
 
 from models_core.checkpoint import CheckpointStore
 from service.app import create_app
+from service.local_server import LocalServer
 from service.settings import Settings
-from tests.conftest import free_port, publish_tiny, wait_until
+from tests.conftest import publish_tiny
+from service.local_server import free_port, wait_until
 
 
 @pytest.fixture
@@ -42,37 +39,12 @@ def client(served_store):
         yield c
 
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class LiveServer:
-    url: str
-    proc: subprocess.Popen
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.communicate(timeout=30)[0]
-
-
-def start_server(root: Path, env: dict[str, str] | None = None) -> LiveServer:
+def start_server(root: Path, env: dict[str, str] | None = None) -> LocalServer:
     """`python -m service` serving `root` in a subprocess on a free loopback port, ready to answer."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FACEGEN_CHECKPOINT_ROOT": str(root), **(env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    server = LiveServer(f"http://127.0.0.1:{port}", proc)
-
-    def ready():
-        try:
-            return httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    if not wait_until(ready, timeout=60):
-        pytest.fail(f"server did not become ready:\n{server.stop()}")
-    return server
+    try:
+        return LocalServer(root, env or {}).start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture

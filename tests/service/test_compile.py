@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from tests.conftest import publish_tiny, wait_until
+from tests.conftest import publish_tiny
+from service.local_server import wait_until
 from tests.service.conftest import make_settings
 
 

@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from tests.conftest import publish_vivid_gan, wait_until
+from tests.conftest import publish_vivid_gan
+from service.local_server import wait_until
 from tests.service.conftest import make_settings, threaded_server
 from tests.service.test_images import grid_side, image_bytes, png_size
 from tests.service.conftest import metric

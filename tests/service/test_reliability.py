@@ -17,7 +17,8 @@ from service.app import create_app
 from service.admission import Retired
 from service.batching import DecodeBatcher
 from service.guard import RequestGuard
-from tests.conftest import publish_tiny, wait_until
+from tests.conftest import publish_tiny
+from service.local_server import wait_until
 from tests.service.conftest import inference_threads_held, make_settings, metric, start_server, threaded_server, with_app
 
 HANG = 5.0  # a future still pending after this long is a request that would hang forever
@@ -214,7 +215,7 @@ def test_a_broken_version_is_refused_at_load_and_hurts_no_other_model(served_sto
         r = client.get("/sample?model=vae&version=2")
         assert r.status_code == 404 and "failed to load" in r.json()["error"]
         publish_tiny(served_store, "vae", seed=3)  # v3, good: hot reload goes on past the broken v2
-        from tests.conftest import wait_until
+        from service.local_server import wait_until
         assert wait_until(lambda: client.get("/sample?model=vae&n=1").headers["x-model-version"] == "3")
 
 

@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from bench.rolling_restart import replicas_behind_nginx, rolling_restart
-from tests.conftest import publish_tiny, wait_until
+from tests.conftest import publish_tiny
+from service.local_server import wait_until
 from tests.service.conftest import start_server
 
 POLL_S = 0.5

@@ -21,7 +21,8 @@ from service.app import create_app
 from service.admission import QueueFull, Retired, RowBudget
 from service.batching import DecodeBatcher
 from service.workers import InferencePool
-from tests.conftest import publish_tiny, wait_until
+from tests.conftest import publish_tiny
+from service.local_server import wait_until
 from tests.service.conftest import budget_spent, inference_threads_held, make_settings, metric, record_entries, until, with_app
 
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from models_core.checkpoint import CheckpointStore
 from models_core.images import held_out_faces, to_uint8
-from tests.conftest import publish_tiny, publish_vivid_gan, wait_until
+from tests.conftest import publish_tiny, publish_vivid_gan
+from service.local_server import wait_until
 from tests.service.conftest import start_server
 from tests.service.test_attributes import directions
 
@@ -160,12 +161,21 @@ def test_uploads_round_trip_through_projection_and_reconstruction(page, tmp_path
     assert [("between your faces" in i["caption"]) for i in loaded_images(page, "#interpolate")] == [True, True]
 
 
-def test_compare_mode_shows_the_same_view_for_two_models(page):
-    page.select_option("#model-a", "ae")
-    settle(page)
+def compare(page, a: str | None, b: str, version_b: str | None = None) -> None:
+    """Compare mode on: model `a` (left as it is when None) beside `b`, pinned to `version_b` if given."""
+    if a is not None:
+        page.select_option("#model-a", a)
+        settle(page)
     page.check("#compare")
-    page.select_option("#model-b", "vae")
+    page.select_option("#model-b", b)
     settle(page)
+    if version_b is not None:
+        page.select_option("#version-b", version_b)
+        settle(page)
+
+
+def test_compare_mode_shows_the_same_view_for_two_models(page):
+    compare(page, "ae", "vae")
     page.select_option("#latent-centre", "zero")
     page.select_option("#latent-units", "absolute")
     page.click("#latent-go")  # the study's AE-vs-VAE latent grid
@@ -179,9 +189,7 @@ def test_compare_mode_shows_the_same_view_for_two_models(page):
 
 
 def test_api_errors_are_one_readable_line_per_model_and_the_last_image_stays(page):
-    page.check("#compare")
-    page.select_option("#model-b", "vae")
-    settle(page)
+    compare(page, None, "vae")
     before = loaded_images(page, "#latent")
     page.fill("#latent-x", "3")
     page.fill("#latent-y", "99999")
@@ -200,13 +208,7 @@ def test_api_errors_are_one_readable_line_per_model_and_the_last_image_stays(pag
 
 
 def test_two_versions_of_one_model_each_say_their_error(page):
-    page.select_option("#model-a", "vae")
-    settle(page)
-    page.check("#compare")
-    page.select_option("#model-b", "vae")
-    settle(page)
-    page.select_option("#version-b", "1")
-    settle(page)
+    compare(page, "vae", "vae", version_b="1")
     page.fill("#latent-y", "99999")
     page.click("#latent-go")
     settle(page)

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.conftest import free_port
+from service.local_server import free_port
 from trainer import distributed
 from trainer.config import TrainConfig
 from trainer.data import FaceBatches, PackedFaces

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from models_core.checkpoint import WEIGHTS_FILE, CheckpointStore
 from models_core.images import image_grid
 from models_core.precision import choose_precision
-from tests.conftest import wait_until
+from service.local_server import wait_until
 from tests.trainer.conftest import REPO, run_trainer
 from trainer.config import TrainConfig
 from trainer.data import PackedFaces
