@@ -1,7 +1,7 @@
 """Which precision to compute in: bf16 where the chip has native bf16 units, fp32 elsewhere.
 
 On a CPU without bf16 instructions, bf16 autocast is emulated and runs many times slower than
-fp32; on one with them (AVX512-BF16, AMX) it is ~1.7× faster for our networks. So "auto" asks
+fp32; on one with them (AVX512-BF16, AMX) it is faster for our networks (README, Benchmarks). So "auto" asks
 the hardware, and says why it chose what it chose.
 """
 
