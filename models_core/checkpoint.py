@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 
 from models_core.atomic_files import atomic_path, atomic_write_bytes, claim_next_number, fsync_dir, fsync_tree
 from models_core.attributes import AttributeDirections
-from models_core.dcgan import discriminator_from_extras, encoder_from_extras
+from models_core.dcgan import DISCRIMINATOR_PREFIX, ENCODER_PREFIX, discriminator_from_extras, encoder_from_extras
+from models_core.int8 import dequantized, quantized_state
 from models_core.latent import PcaBasis, sample_prior
 from models_core.kinds import ModelKind, build_model, get_kind
 
@@ -43,7 +44,8 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 VERSION_DIR_RE = re.compile(r"^[0-9]{6,}$")
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile and DDP wrappers
 PRIORS = ("auto", "standard", "fitted")
-WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# int8: weight-only (models_core/int8.py), conv and linear weights as int8 with per-channel scales
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.int8}
 
 
 class CheckpointError(Exception):
@@ -262,9 +264,13 @@ class CheckpointStore:
         """Write a new version atomically and return its number (latest + 1)."""
         model_dir = self.root / validate_model_name(name)
         get_kind(kind)
-        weights = inference_state(state_dict, dtype)
+        int8 = dtype == torch.int8
+        weights = inference_state(state_dict, None if int8 else dtype)
         config_dict = config if isinstance(config, dict) else config.to_dict()
         self._check_weights_fit(kind, config_dict, weights)
+        weights_dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")
+        if int8:
+            weights, extras, weights_dtype = *int8_tensors(kind, config_dict, weights, extras or {}), "int8"
 
         model_dir.mkdir(parents=True, exist_ok=True)
         tmp = model_dir / f".publish-{uuid.uuid4().hex[:12]}"
@@ -278,7 +284,7 @@ class CheckpointStore:
                 name=name, kind=kind, version=0, config=config_dict,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 files=files, step=step, epoch=epoch, data_fingerprint=data_fingerprint,
-                metrics=dict(metrics or {}), weights_dtype=str(next(iter(weights.values())).dtype).removeprefix("torch."),
+                metrics=dict(metrics or {}), weights_dtype=weights_dtype,
                 provenance=dict(provenance or {}),
             )
             return self._rename_into_place(tmp, model_dir, manifest)
@@ -336,12 +342,12 @@ class CheckpointStore:
             model = build_model(manifest.kind, manifest.config)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{vdir / MANIFEST_FILE}: cannot build the network: {e}") from None
-        weights = read_tensors(vdir / WEIGHTS_FILE)
+        weights = dequantized(read_tensors(vdir / WEIGHTS_FILE))
         problem = state_mismatch(model, weights)
         if problem:
             raise CheckpointError(f"{vdir / WEIGHTS_FILE}: does not match the network in the manifest: {problem}")
         model.load_state_dict(weights)
-        extras = read_tensors(vdir / EXTRAS_FILE) if EXTRAS_FILE in manifest.files else {}
+        extras = dequantized(read_tensors(vdir / EXTRAS_FILE)) if EXTRAS_FILE in manifest.files else {}
         problem = pca_mismatch(extras, model.latent_dim)
         if problem:
             raise CheckpointError(f"{vdir / EXTRAS_FILE}: the PCA basis does not fit the network: {problem}")
@@ -383,6 +389,21 @@ class CheckpointStore:
         manifest.metrics.update(metrics)
         atomic_write_bytes(path, manifest.to_json().encode())
         return manifest
+
+
+def int8_tensors(kind: str, config: dict, weights: dict[str, torch.Tensor],
+                 extras: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Weights and extras with the network's conv and linear weights (and a GAN's discriminator and
+    encoder) in weight-only int8; PCA bases and attribute directions stay as they are."""
+    net = build_model(kind, config)
+    net.load_state_dict({k: v.float() for k, v in weights.items()})
+    extras = dict(extras)
+    if kind == "gan":
+        for prefix, part in ((DISCRIMINATOR_PREFIX, discriminator_from_extras), (ENCODER_PREFIX, encoder_from_extras)):
+            module = part(extras, net.cfg)
+            if module is not None:
+                extras = {k: v for k, v in extras.items() if not k.startswith(prefix)} | quantized_state(module, prefix)
+    return quantized_state(net), extras
 
 
 def state_mismatch(model: nn.Module, weights: dict[str, torch.Tensor]) -> str | None:

@@ -143,8 +143,10 @@ ENCODER_PREFIX = "encoder."
 
 
 def module_extras(prefix: str, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """A network's weights as checkpoint extras; floating tensors cast to `dtype` like the published G."""
-    return {prefix + k: v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()
+    """A network's weights as checkpoint extras; floating tensors cast to a floating `dtype` like the
+    published G (for int8 the store quantises them as it publishes)."""
+    cast = dtype is not None and dtype.is_floating_point
+    return {prefix + k: v.detach().to(dtype) if cast and v.is_floating_point() else v.detach()
             for k, v in state_dict.items()}
 
 

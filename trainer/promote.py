@@ -15,6 +15,11 @@ metrics and provenance travel with it; the manifest records which store and vers
 
   python -m trainer promote --model gan                                   # the latest, as 'gan'
   python -m trainer promote --model gansig --as gan --version 12 --dtype bfloat16
+  python -m trainer promote --model vae --dtype int8   # weight-only int8: half bf16's bytes
+
+int8 stores every convolution and linear weight (a GAN's discriminator and encoder too) as int8
+with one scale per output channel and dequantises at load; the networks compute as before
+(bench/int8.py measures the images' PSNR against the original's).
 """
 
 
@@ -28,7 +33,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--version", type=int, help="version to copy (default: the source's latest)")
     p.add_argument("--to", type=Path, default=served_store(),
                    help="destination store (default: the served one, $FACEGEN_CHECKPOINT_ROOT or checkpoints/)")
-    p.add_argument("--dtype", choices=sorted(WEIGHT_DTYPES), help="cast the weights (default: keep the source's dtype)")
+    p.add_argument("--dtype", choices=sorted(WEIGHT_DTYPES), help="store the weights in this dtype; int8: weight-only, per-channel scales "
+                   "(default: keep the source's dtype)")
     args = p.parse_args(argv)
     if args.source.resolve() == args.to.resolve():
         p.error("--from and --to are the same store")
