@@ -1,6 +1,6 @@
 """What weight-only int8 costs: each model's int8 copy against the version it was made from.
 
-    python bench/int8.py [--checkpoints checkpoints] [--data DIR] [--fid-n 500]
+    python bench/int8.py [--checkpoints checkpoints] [--model gan ...] [--data DIR] [--fid-n 500]
 
 For the latest version of every model under the root: the bytes of its files either way, and the
 PSNR of the int8 copy's images against the original's, on the 64 held-out faces the service ships
@@ -47,6 +47,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     p.add_argument("--data", type=Path, help="prepared dataset: adds FID against its test faces")
+    p.add_argument("--model", nargs="+", help="these models only (default: every model under the root)")
     p.add_argument("--fid-n", type=int, default=500, help="samples and test faces per FID (default: %(default)s)")
     args = p.parse_args()
     store = CheckpointStore(args.checkpoints)
@@ -65,7 +66,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         int8_store = CheckpointStore(tmp)
-        for name in store.models():
+        for name in args.model or store.models():
             ckpt = store.load(name)
             m = ckpt.manifest
             copy = int8_store.load(name, int8_store.copy_from(store, name, dtype=torch.int8))

@@ -111,7 +111,7 @@ def decoding_routes(routers: list[APIRouter]) -> frozenset[tuple[str, str]]:
 
 class Admission:
     """`inner` (the application's ASGI entry point) behind the refusal of saturated models; `app`
-    holds the registry and metrics in its state and the routes in its schema."""
+    holds the registry and metrics in its state, and create_app sets `decoding`."""
 
     def __init__(self, inner: ASGIApp, app, pace: float, max_rate: float):
         self.inner, self.app, self.pace, self.max_rate = inner, app, pace, max_rate
