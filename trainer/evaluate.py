@@ -95,9 +95,9 @@ def swd_by_level(fake: torch.Tensor, real: torch.Tensor, seed: int = 0, device="
 
 
 @torch.no_grad()
-def reconstruction_metrics(net, faces_u8: torch.Tensor, device, batch: int = 250) -> dict[str, float]:
+def reconstruction_metrics(net, faces_u8: torch.Tensor, device, batch: int = 250, progress: bool = True) -> dict[str, float]:
     sq_err, psnrs = [], []
-    for i in tqdm(range(0, len(faces_u8), batch), desc="reconstructing", leave=False):
+    for i in tqdm(range(0, len(faces_u8), batch), desc="reconstructing", leave=False, disable=not progress):
         x = from_uint8(faces_u8[i : i + batch].to(device)).permute(0, 3, 1, 2)
         y = net.decode(net.embed(x)).float()
         sq_err.append((y - x).pow(2).flatten(1).mean(1).cpu())  # per image, [-1, 1] scale
@@ -113,7 +113,7 @@ def generate(ckpt: Checkpoint, n: int, device, seed: int, prior: str = "auto", b
 
 
 def evaluate(store: CheckpointStore, name: str, version: int | None, data: PackedFaces, split: str, n: int,
-             device: torch.device, seed: int = 0, inception=None, prior: str = "auto") -> dict:
+             device: torch.device, seed: int = 0, inception=None, prior: str = "auto", progress: bool = True) -> dict:
     """Score a version; FID/KID too when an Inception network is given. Results go into the manifest.
 
     Samples come from `prior` (see Checkpoint.sample_latents). Scores of the model's default prior
@@ -126,11 +126,11 @@ def evaluate(store: CheckpointStore, name: str, version: int | None, data: Packe
     fake = generate(ckpt, len(real), device, seed, prior)
     metrics = {"eval_split": split, "eval_n_real": len(real), "eval_data_fingerprint": data.fingerprint}
     if ckpt.kind.has_encoder:
-        metrics.update(reconstruction_metrics(ckpt.model, real_u8, device))
+        metrics.update(reconstruction_metrics(ckpt.model, real_u8, device, progress=progress))
     sampled = {"eval_n_fake": len(fake), "eval_prior": prior, **swd_by_level(fake, real, seed, device)}
     if inception is not None:
-        real_feats = real_features(inception, data, split, len(real), device)
-        fake_feats = inception_features(inception, fake, device)
+        real_feats = real_features(inception, data, split, len(real), device, progress)
+        fake_feats = inception_features(inception, fake, device, progress=progress)
         kid_mean, kid_std = kid_from_features(real_feats, fake_feats, subset_size=min(1000, len(real) // 2), seed=seed)
         sampled.update(fid=fid_from_features(real_feats, fake_feats), kid_mean=kid_mean, kid_std=kid_std)
         metrics["fid_resize"] = "bilinear 64->299 on [0,255] floats, align_corners=False, no antialias"
@@ -159,6 +159,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--prior", choices=PRIORS, default="auto",
                    help="where samples come from: standard N(0, I), fitted (the Gaussian of held-out latents, "
                         "AE/VAE) or auto (fitted for AE/VAE, standard for the GAN; default)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     args = p.parse_args(argv)
     if args.n < 16:
         p.error("--n must be at least 16")
@@ -186,7 +187,7 @@ def main(argv: list[str]) -> int:
                     raise
                 why_not = f"not computed: {e}"
         result = evaluate(CheckpointStore(args.checkpoints), args.model, args.version, data, split, args.n, device,
-                          args.seed, inception, args.prior)
+                          args.seed, inception, args.prior, args.progress)
     except (CheckpointError, SourceError, InceptionUnavailable, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

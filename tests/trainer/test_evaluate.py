@@ -54,14 +54,15 @@ def test_evaluate_cli_writes_metrics_into_the_manifest(tmp_path, packed):
                            "--no-fid", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert "FID/KID skipped (--no-fid)" in proc.stdout
+        assert ("reconstructing" in proc.stderr) == (name == "vae")  # a progress bar
     vae, gan = store.read_manifest("vae").metrics, store.read_manifest("gan").metrics
     assert vae["eval_split"] == "test" and vae["eval_n_real"] == 16 and vae["recon_mse"] > 0 and vae["recon_psnr_db"] > 0
     assert "swd_x1e3_avg" in vae and "swd_x1e3_avg" in gan and "recon_mse" not in gan
     assert (vae["eval_prior"], gan["eval_prior"]) == ("fitted", "standard")
 
     proc = run_trainer("evaluate", "--model", "vae", "--data", packed, "--checkpoints", store.root, "--n", "16",
-                       "--no-fid", "--prior", "standard", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+                       "--no-fid", "--prior", "standard", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0 and "reconstructing" not in proc.stderr, proc.stderr
     both = store.read_manifest("vae").metrics
     assert both["swd_x1e3_avg"] == vae["swd_x1e3_avg"]  # the default prior's scores stay
     assert both["eval_prior@standard"] == "standard" and both["swd_x1e3_avg@standard"] != vae["swd_x1e3_avg"]
