@@ -18,19 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]
 STORE = CheckpointStore(ROOT / "checkpoints")
 
 
-def test_the_bundle_is_one_version_per_model_of_inference_weights_in_half_precision_within_110_mb():
+def test_the_bundle_is_one_version_per_model_of_inference_weights_in_int8_within_60_mb():
     total = 0
     for name in BUNDLED:
         assert STORE.versions(name) == [BUNDLED_VERSIONS[name]]  # the newest only, not a pile
         ckpt = STORE.load(name, BUNDLED_VERSIONS[name])  # verifies every checksum
         files = sorted(p.name for p in ckpt.path.iterdir())
         assert files == ["extras.safetensors", "manifest.json", "weights.safetensors"], files
-        assert ckpt.manifest.weights_dtype in ("bfloat16", "float16")
+        assert ckpt.manifest.weights_dtype == "int8"  # weight-only, dequantised at load
         assert "pca.components" in ckpt.extras
         with safe_open(ckpt.path / "weights.safetensors", "pt") as f:
             assert not [k for k in f.keys() if k.startswith(("D.", "discriminator", "optim"))]
         total += sum(p.stat().st_size for p in ckpt.path.iterdir())
-    assert total <= 110 * 2**20, total
+    assert total <= 60 * 2**20, total
 
 
 @pytest.mark.parametrize("name", BUNDLED)
@@ -96,3 +96,14 @@ def test_the_study_grid_around_zero_stays_reachable(bundled_client):
     """centre=zero&units=absolute is the old grid: for an unregularised AE it is flat colour."""
     r = bundled_client.get("/latent-grid?model=ae&steps=4&centre=zero&units=absolute")
     assert r.status_code == 200 and face_likeness(r.content) < 0.6
+
+
+def test_the_bundled_gan_starts_projections_from_its_encoder(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert STORE.load("gan", BUNDLED_VERSIONS["gan"]).encoder is not None
+    with TestClient(create_app(Settings(_env_file=None))) as client:
+        gan = next(m for m in client.get("/models").json()["models"] if m["name"] == "gan")
+        assert gan["projects_from_encoder"]
+        r = client.get("/reconstruct?model=gan&n=4&steps=0")  # E(x) alone: real faces, not noise
+        assert r.status_code == 200 and r.headers["x-projection-steps"] == "0"
+        assert min(float(p) for p in r.headers["x-projection-psnr"].split(",")) > 12
