@@ -53,7 +53,7 @@ def main() -> int:
     store = CheckpointStore(args.checkpoints)
     faces = held_out_faces()
     z = torch.randn(len(faces), 100, generator=torch.Generator().manual_seed(0))
-    fid = None
+    fid = None  # (images) -> FID against the test faces, with --data
     if args.data is not None:
         from trainer.data import PackedFaces
         from trainer.fid import fid_from_features, inception_features, load_inception, real_features
@@ -61,8 +61,7 @@ def main() -> int:
         net, data = load_inception(), PackedFaces.open(args.data)
         real = real_features(net, data, "test", args.fid_n, "cpu", progress=False)
 
-        def fid(x):
-            return fid_from_features(inception_features(net, x, "cpu", progress=False), real)
+        fid = lambda x: fid_from_features(inception_features(net, x, "cpu", progress=False), real)  # noqa: E731
 
     with tempfile.TemporaryDirectory() as tmp:
         int8_store = CheckpointStore(tmp)
