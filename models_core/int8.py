@@ -48,6 +48,3 @@ def dequantized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[key] = value.float() * scale if scale is not None else value
     return out
 
-
-def is_quantized(tensors: dict[str, torch.Tensor]) -> bool:
-    return any(k.endswith(SCALE_SUFFIX) for k in tensors)

@@ -61,6 +61,11 @@ class FaceLatents:
         with served.admit(len(faces)):
             return await self.workers.run(served.embed, faces)
 
+    def answer_budget_s(self, served: ServedModel, steps: int | None) -> float | None:
+        """The time budget of a GAN projection whose steps are left out and that has no encoder's start
+        (default_answer_s); None for any other."""
+        return self.default_answer_s if steps is None and served.encoder is None else None
+
     def steps_to_run(self, served: ServedModel, steps: int | None) -> int:
         """The steps a projection runs: those asked for, else the default; 0 only from an encoder's start."""
         if steps == 0 and served.encoder is None:
@@ -72,8 +77,8 @@ class FaceLatents:
 
     async def project(self, served: ServedModel, faces: torch.Tensor, steps: int | None,
                       time_limit_s: float | None = None) -> Projected:
-        if steps is None and served.encoder is None and time_limit_s is None:
-            time_limit_s = self.default_answer_s
+        if time_limit_s is None:
+            time_limit_s = self.answer_budget_s(served, steps)
         steps = self.steps_to_run(served, steps)
         try:
             return await self.projector.project(served, faces, steps, time_limit_s)

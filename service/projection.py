@@ -74,7 +74,8 @@ class Projector:
             start = loop.time()
             cfg = ProjectionConfig(steps=steps)
             p = await self.run(served.start_projection, faces, cfg)
-            while not p.finished and loop.time() - start < limit:
+            # one slice at least: a start that took the whole budget (a busy machine) is no answer
+            while not p.finished and (p.done == 0 or loop.time() - start < limit):
                 n = await self.run(advance_for, p, self.slice_s)
                 self.on_steps(served.name, n)
             z, images, psnr = await self.run(finish, p)

@@ -275,18 +275,19 @@ async def reconstruct_bundled(
 ) -> Response:
     """Held-out faces shipped with the service above the model's reconstructions of them.
 
-    A GAN has no encoder: its reconstructions are projections, long by nature (about 9 s a face at 200 steps
-    on 2 CPU cores without bf16). So its defaults are one face, and, when `steps` is left out, at most
-    DEFAULT_ANSWER_S seconds of projection: the X-Projection-Steps header says how many steps ran."""
-    quick = steps is None and not served.has_encoder and served.encoder is None  # as in project()
+    A GAN's reconstructions are projections. From its encoder's start (GAN v5 on) they take a few steps;
+    without one they are long by nature (about 9 s a face at 200 steps on 2 CPU cores without bf16), so its
+    defaults are one face and, when `steps` is left out, at most DEFAULT_ANSWER_S seconds of projection: the
+    X-Projection-Steps header says how many steps ran."""
+    budget_s = None if served.has_encoder else faces_in.answer_budget_s(served, steps)
     n = min(n or (8 if served.has_encoder else 1), len(bundled))
     faces_in.require(served, n)
     steps = None if served.has_encoder else faces_in.steps_to_run(served, steps)
-    params = dict(seed=seed, n=n, steps=steps) | ({"budget_s": faces_in.default_answer_s} if quick else {})
+    params = dict(seed=seed, n=n, steps=steps) | ({"budget_s": budget_s} if budget_s else {})
 
     async def make():
         pick = torch.randperm(len(bundled), generator=torch.Generator().manual_seed(seed))[:n]
-        data, made = await reconstruction_png(faces_in, served, bundled[pick], steps, faces_in.default_answer_s if quick else None)
+        data, made = await reconstruction_png(faces_in, served, bundled[pick], steps, budget_s)
         # a projection stopped by the time limit is not the answer for these parameters
         return data, made, made.get("X-Projection-Steps", str(steps)) == str(steps)
 
