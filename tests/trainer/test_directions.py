@@ -14,7 +14,8 @@ from models_core.precision import choose_precision
 from tests.trainer.conftest import run_trainer
 from trainer.config import TrainConfig
 from trainer.data import PackedFaces, prepare_data
-from trainer.directions import LabelledFaces, NoLabels, fit_boundary, fit_directions, labelled_training_faces
+from trainer.directions import (LabelledFaces, NoLabels, fit_boundary, fit_directions, fit_mean_difference,
+                               labelled_training_faces)
 from trainer.loop import train
 
 N = 192
@@ -102,6 +103,20 @@ def test_the_boundary_normal_points_to_the_attribute():
     direction, accuracy = fit_boundary(x, y)
     assert accuracy > 0.9 and abs(np.linalg.norm(direction) - 1) < 1e-9
     assert direction[2] > 0.8 and direction[4] < -0.3
+
+
+def test_the_mean_difference_follows_what_the_attribute_changes_most():
+    # The attribute shifts axis 0 (wide spread) by 2 and axis 1 (narrow) by 0.2: both separate the
+    # labels, the narrow axis alone almost perfectly, which a logistic normal would lean on.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 600)
+    x = rng.normal(size=(600, 4)) * [1.0, 0.02, 1.0, 1.0] + np.outer(y, [2.0, 0.2, 0, 0])
+    direction, accuracy = fit_mean_difference(x, y)
+    assert accuracy > 0.8 and abs(np.linalg.norm(direction) - 1) < 1e-9
+    assert direction[0] > 0.98 and direction[1] > 0.05 and np.abs(direction[2:]).max() < 0.1
+    assert fit_boundary(x, y)[0][1] > 0.9  # the logistic normal: the narrow axis
+    _, chance = fit_mean_difference(x, rng.integers(0, 2, 600))
+    assert chance < 0.6
 
 
 def test_directions_cli_publishes_a_new_version_with_the_same_weights(bright_left, tmp_path):
