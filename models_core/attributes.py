@@ -22,9 +22,9 @@ FIELDS = ("direction", "scale", "accuracy", "n")
 @dataclass(frozen=True)
 class AttributeDirection:
     name: str
-    direction: torch.Tensor  # (D,) unit vector: the normal of a linear boundary, pointing to the attribute
+    direction: torch.Tensor  # (D,) unit vector pointing to the attribute (a boundary's normal, or a class-mean difference)
     scale: float  # std of latents along the direction: an edit of 1 moves one of these
-    accuracy: float  # cross-validated balanced accuracy of the boundary the direction is the normal of
+    accuracy: float  # cross-validated balanced accuracy of a linear boundary for the attribute on the same latents
     n: int  # examples the boundary was fitted on (labelled faces, or labelled samples for a GAN)
 
 

@@ -67,6 +67,7 @@ def test_the_fitted_direction_edits_the_attribute_and_a_random_one_does_not(brig
     labelled = labelled_training_faces(PackedFaces.open(bright_left / "data"))
     directions, report = fit_directions(r, labelled.half(0))
     assert report["LeftBright"]["published"] and report["LeftBright"]["accuracy"] > 0.95
+    assert report["LeftBright"]["threshold_accuracy"] > 0.9  # along the class-mean difference, the direction
     assert not report["Random"]["published"]  # a coin-flip label has no reliable boundary
     assert directions.names == ["LeftBright"]
     rise = edit_rise(r, directions, "LeftBright")
