@@ -48,7 +48,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         choices=list(dict.fromkeys([*VAE_PRESETS, *DCGAN_PRESETS])),
-        help="network size: seed (the study's, default), medium (AE/VAE at 3/4 width: the bundled AE), small (CPU runs), tiny (tests)",
+        help="network size: seed (the study's, default), medium (AE/VAE at 3/4 width: the bundled AE up to v4), small (CPU runs), tiny (tests)",
     )
     p.add_argument("--name", help="model name in the checkpoint store (default: the model kind)")
     p.add_argument("--conv-impl", choices=CONV_IMPLS, help=f"transposed-conv kernel (default: {default('conv_impl')})")
