@@ -27,11 +27,14 @@ def test_demo_writes_the_bytes_the_api_returns(store, tmp_path):
 
     publish_tiny(store, "vae")
     out = tmp_path / "vae.png"
-    proc = run_demo("--checkpoints", str(store.root), "--model", "vae", "-n", "10", "--seed", "3", "--out", str(out))
+    # fp32 on both sides, as make_settings serves: "auto" picks bf16 on a chip with AMX or AVX512-BF16
+    proc = run_demo("--checkpoints", str(store.root), "--model", "vae", "-n", "10", "--seed", "3", "--out", str(out),
+                    "--precision", "fp32")
     assert proc.returncode == 0, proc.stderr
     with TestClient(create_app(make_settings(store))) as client:  # the fitted prior, the served copy, the same grid
         assert out.read_bytes() == client.get("/sample?model=vae&n=10&seed=3").content
-    proc = run_demo("--checkpoints", str(store.root), "--model", "vae", "--prior", "standard", "--out", str(out))
+    proc = run_demo("--checkpoints", str(store.root), "--model", "vae", "--prior", "standard", "--out", str(out),
+                    "--precision", "fp32")
     assert proc.returncode == 0, proc.stderr
     with TestClient(create_app(make_settings(store))) as client:
         assert out.read_bytes() == client.get("/sample?model=vae&n=64&seed=0&prior=standard").content

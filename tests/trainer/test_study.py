@@ -2,6 +2,7 @@
 it hold and fail, and tiny models through the whole command."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -186,6 +187,17 @@ def study_inputs(tmp_path_factory):
 PLOTS = [f"claim{i}.png" for i in range(1, 8)]
 
 
+def same_numbers(a, b) -> bool:
+    """Equal, floats to a relative 1e-5."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_numbers(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(same_numbers, a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-5)
+    return a == b
+
+
 @pytest.mark.skipif(default_inception_path() is None, reason="pip install '.[eval]' for the Inception network")
 def test_the_whole_command_writes_every_plot_number_and_verdict(study_inputs, tmp_path):
     out = tmp_path / "study"
@@ -219,7 +231,8 @@ def test_the_whole_command_writes_every_plot_number_and_verdict(study_inputs, tm
                         study_inputs / "runs", "--out", tmp_path / "again", "--n", 16, "--ppl-paths", 4, "--cache",
                         tmp_path / "cache", "--no-progress", cwd=tmp_path, timeout=900)
     assert again.returncode == 0, again.stderr
-    assert json.loads((tmp_path / "again" / "study.json").read_text())["claims"] == report["claims"]
+    # the same numbers from cached features, to float32's precision (a KID std once differed in its 7th digit)
+    assert same_numbers(json.loads((tmp_path / "again" / "study.json").read_text())["claims"], report["claims"])
 
 
 def test_without_inception_the_fid_claims_say_not_measured(study_inputs, tmp_path):

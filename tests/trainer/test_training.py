@@ -388,7 +388,8 @@ def test_a_runs_sample_grid_is_what_the_service_serves_for_the_published_version
     from service.app import create_app
     from tests.service.conftest import make_settings
 
-    assert train(tmp_path, "vae", "--data", packed, "--epochs", "1", "--batch-size", "16").returncode == 0
+    # fp32 as make_settings serves (the trainer's "auto" is bf16 on a chip with AMX or AVX512-BF16)
+    assert train(tmp_path, "vae", "--data", packed, "--epochs", "1", "--batch-size", "16", "--precision", "fp32").returncode == 0
     grid = run_dir(tmp_path, "vae") / "samples" / "step00000004.png"
     with TestClient(create_app(make_settings(CheckpointStore(tmp_path / "ckpt")))) as client:
         served = client.get("/sample?model=vae&n=64&nrow=8&seed=0").content
