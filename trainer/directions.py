@@ -71,11 +71,15 @@ def labelled_training_faces(data: PackedFaces, limit: int | None = None) -> Labe
     return LabelledFaces(names, faces, torch.from_numpy(labels[rows]))
 
 
+def folds(y: np.ndarray, seed: int) -> StratifiedKFold:
+    """5 stratified folds, fewer where a class has fewer than 5 examples."""
+    return StratifiedKFold(min(5, int(np.bincount(y).min())), shuffle=True, random_state=seed)
+
+
 def fit_boundary(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
     """(unit normal of a logistic-regression boundary, its 5-fold cross-validated balanced accuracy)."""
     model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000)
-    folds = StratifiedKFold(min(5, int(np.bincount(y).min())), shuffle=True, random_state=seed)
-    accuracy = float(cross_val_score(model, x, y, cv=folds, scoring="balanced_accuracy").mean())
+    accuracy = float(cross_val_score(model, x, y, cv=folds(y, seed), scoring="balanced_accuracy").mean())
     w = model.fit(x, y).coef_[0]
     return w / np.linalg.norm(w), accuracy
 
@@ -87,9 +91,8 @@ def fit_mean_difference(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np
         d = x[rows][y[rows] == 1].mean(0) - x[rows][y[rows] == 0].mean(0)
         return d / np.linalg.norm(d)
 
-    folds = StratifiedKFold(min(5, int(np.bincount(y).min())), shuffle=True, random_state=seed)
     scores = []
-    for train, test in folds.split(x, y):
+    for train, test in folds(y, seed).split(x, y):
         d = direction(train)
         threshold = LogisticRegression(class_weight="balanced").fit((x[train] @ d)[:, None], y[train])
         scores.append(balanced_accuracy_score(y[test], threshold.predict((x[test] @ d)[:, None])))
@@ -148,8 +151,8 @@ def fit_directions(r: Renderer, fit: LabelledFaces, classifier: AttributeClassif
             continue
         direction, accuracy = fit_boundary(x, y, seed)
         if classifier is None:  # AE/VAE: the boundary says the latents know the attribute; the mean difference edits it
-            direction, entry["threshold_accuracy"] = fit_mean_difference(x, y, seed)
-            entry["threshold_accuracy"] = round(entry["threshold_accuracy"], 4)
+            direction, threshold_accuracy = fit_mean_difference(x, y, seed)
+            entry["threshold_accuracy"] = round(threshold_accuracy, 4)
         if recognised:  # a GAN's: the classifier that labelled its samples must also know real faces
             entry["boundary_accuracy"], entry["classifier_accuracy"] = round(accuracy, 4), recognised.get(name)
             accuracy = min(accuracy, recognised.get(name) or 0.0)
