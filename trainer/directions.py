@@ -190,6 +190,39 @@ def rate_edits(r: Renderer, directions: AttributeDirections, rater: AttributeCla
     return out
 
 
+def random_directions(r: Renderer, directions: AttributeDirections, hold: list[str], count: int = 6,
+                      seed: int = 0, samples: int = 4000) -> AttributeDirections:
+    """`count` random unit directions with `hold`'s projected out, each scaled by the spread of the model's
+    sampled latents along it: edits as large as an attribute's that mean nothing, a baseline for how
+    much any edit of that size moves the held attributes."""
+    g = torch.Generator().manual_seed(seed)
+    spread = r.ckpt.sample_latents(samples, g)
+    out = []
+    for k in range(count):
+        d = torch.randn(spread.shape[1], generator=g)
+        held = AttributeDirections([*(directions[h] for h in hold), AttributeDirection("random", d, 1.0, 0.0, 0)])
+        d = held.conditioned("random", hold)
+        out.append(AttributeDirection(f"random{k}", d, float((spread @ d).std()), 0.0, 0))
+    return AttributeDirections(out)
+
+
+@torch.no_grad()
+def male_moves_at_random(r: Renderer, directions: AttributeDirections, rater: AttributeClassifier, names: list[str],
+                         n_faces: int = 32, span: float = 3.0, count: int = 6, seed: int = 0) -> float | None:
+    """The mean |change of P(Male)| between -span and +span along random directions with Male held, on the
+    faces rate_edits uses: what Smiling's figure holding Male compares with (None without a Male direction)."""
+    if "Male" not in directions or "Male" not in names:
+        return None
+    z = r.ckpt.sample_latents(n_faces, torch.Generator().manual_seed(seed))
+    male, moves = names.index("Male"), []
+    randoms = random_directions(r, directions, ["Male"], count, seed)
+    for name in randoms.names:
+        zs = randoms.edit(z, name, torch.tensor([-span, span])).reshape(-1, z.shape[1])
+        p = rater.probabilities(from_uint8(r.decode(zs)), autocast=r.autocast)[:, male].reshape(n_faces, 2)
+        moves.append(float((p[:, 1] - p[:, 0]).abs().mean()))
+    return round(float(np.mean(moves)), 3)
+
+
 DESCRIPTION = """\
 Fit attribute directions (Smiling, Male, Blond_Hair, ...) for a published version and publish them
 with it as the store's next version (same weights, the directions added), which the service then
@@ -283,8 +316,12 @@ def main(argv: list[str]) -> int:
         ratings = rate_edits(r, directions, rater, labelled.names, span=args.span, seed=args.seed)
         for name, rows in ratings.items():
             report[name]["edit"] = rows
+        baseline = male_moves_at_random(r, directions, rater, labelled.names, span=args.span, seed=args.seed)
         print(f"\n{m.name} v{m.version} ({m.kind}):")
         print(table(report, ratings))
+        if baseline is not None:
+            print(f"P(Male) moves along random directions of the same size, holding Male: {baseline:.3f} (the baseline "
+                  "for the figures in brackets)")
         print(f"{len(directions)} of {len(report)} attributes reliable (balanced accuracy >= {MIN_ACCURACY}): "
               f"{', '.join(directions.names) or 'none'}")
         if not len(directions):
@@ -294,7 +331,8 @@ def main(argv: list[str]) -> int:
             continue
         extras = {k: v for k, v in ckpt.extras.items() if not k.startswith("attribute.")} | directions.to_tensors()
         metrics = m.metrics | {"attributes": {"fitted_on": f"{len(fit.faces)} labelled training faces of {args.data}",
-                                              "span": args.span, "by_attribute": report}}
+                                              "span": args.span, "by_attribute": report,
+                                              "random_male_moves": baseline}}
         version = store.copy_from(store, m.name, m.version, extras=extras, metrics=metrics)
         print(f"published {m.name} v{version}: v{m.version}'s weights with {len(directions)} attribute directions")
     return 1 if failed else 0

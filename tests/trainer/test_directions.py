@@ -1,6 +1,8 @@
 """Attribute directions on tiny data with an attribute the test controls: the left half of the face is
 brighter. The fitted direction must edit it; a random direction must not."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from tests.trainer.conftest import run_trainer
 from trainer.config import TrainConfig
 from trainer.data import PackedFaces, prepare_data
 from trainer.directions import (LabelledFaces, NoLabels, fit_boundary, fit_directions, fit_mean_difference,
-                               labelled_training_faces)
+                               labelled_training_faces, male_moves_at_random, random_directions, rate_edits)
 from trainer.loop import train
 
 N = 192
@@ -171,3 +173,33 @@ def test_a_gan_direction_is_the_boundary_of_what_the_classifier_says_about_its_s
 
 def synthetic_face_tensor(i: int, bright_left: bool) -> torch.Tensor:
     return from_uint8(torch.from_numpy(np.asarray(synthetic_face(i, bright_left))).permute(2, 0, 1))
+
+
+def test_random_directions_hold_what_they_are_told_and_match_the_latents_spread(bright_left):
+    ckpt = CheckpointStore(bright_left / "ckpt").load("ae")
+    r = Renderer(ckpt, torch.device("cpu"), choose_precision("fp32", "cpu"))
+    directions, _ = fit_directions(r, labelled_training_faces(PackedFaces.open(bright_left / "data")).half(0))
+    randoms = random_directions(r, directions, ["LeftBright"], count=4, seed=3)
+    spread = ckpt.sample_latents(4000, torch.Generator().manual_seed(3))
+    held = directions["LeftBright"].direction
+    for name in randoms.names:
+        d = randoms[name]
+        assert abs(float(d.direction.norm()) - 1) < 1e-5 and abs(float(d.direction @ held)) < 1e-5
+        assert d.scale == pytest.approx(float((spread @ d.direction).std()), rel=1e-4)
+    assert len({tuple(randoms[n].direction.tolist()) for n in randoms.names}) == 4
+
+
+def test_the_random_baseline_rates_edits_that_hold_male(bright_left):
+    """With the brightness attribute standing in for Male, random edits holding it barely move what the judge
+    says of it, while an edit along it moves it fully: the baseline holds Male, as its figure claims."""
+    ckpt = CheckpointStore(bright_left / "ckpt").load("ae")
+    r = Renderer(ckpt, torch.device("cpu"), choose_precision("fp32", "cpu"))
+    fitted, _ = fit_directions(r, labelled_training_faces(PackedFaces.open(bright_left / "data")).half(0))
+    male = AttributeDirections([dataclasses.replace(fitted["LeftBright"], name="Male")])
+    names = ["Male", "Other"]
+    baseline = male_moves_at_random(r, male, BrightnessJudge(), names, n_faces=16, span=2.0, count=8)
+    other = AttributeDirections([dataclasses.replace(fitted["LeftBright"], name="Other")])
+    along = rate_edits(r, other, BrightnessJudge(), names, n_faces=16, span=2.0)["Other"]["plain"]["male_moves"]
+    # (not holding it, these random edits move it 0.2: a quarter as much as the edit along it)
+    assert along > 0.5 and baseline < 0.1 * along, (baseline, along)
+    assert male_moves_at_random(r, fitted, BrightnessJudge(), ["LeftBright", "Other"]) is None  # no Male direction
