@@ -10,7 +10,7 @@ along random directions of the same size holding Male (what any edit that large 
 
 Raters are CNNs trained on the half of the labelled training faces that `python -m trainer
 directions` rates with; two of them, trained with different seeds, disagree on a face's change of
-P(Male) by 0.12-0.17 on average, so each figure is the mean over --rater-seeds (the spread of
+P(Male) by 0.12-0.18 on average, so each figure is the mean over --rater-seeds (the spread of
 the P(Male) figures over the raters is printed beside them). Seed 1 alone is the rater the
 directions command prints with (its --seed 0).
 """
