@@ -362,6 +362,16 @@ class CheckpointStore:
                 raise CheckpointError(f"{vdir / EXTRAS_FILE}: the {part} does not fit the network: {e}") from None
         return ckpt
 
+    @staticmethod
+    def load_folder(vdir: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+        """A version named by its folder (STORE/NAME/NNNNNN), verified as `load` verifies it."""
+        vdir = Path(vdir)
+        if not (vdir / MANIFEST_FILE).is_file():
+            raise CheckpointError(f"{vdir} is not a published version (it has no {MANIFEST_FILE}); "
+                                  "give a version's folder, e.g. checkpoints/gan/000005")
+        manifest = Manifest.read(vdir / MANIFEST_FILE)
+        return CheckpointStore(vdir.parent.parent).load(manifest.name, manifest.version, device)
+
     def copy_from(self, source: "CheckpointStore", name: str, version: int | None = None,
                   dtype: torch.dtype | None = None, extras: dict[str, torch.Tensor] | None = None,
                   metrics: dict[str, Any] | None = None, as_name: str | None = None) -> int:

@@ -68,6 +68,7 @@ class TrainConfig:
     flip: bool = True
     augment: bool = False  # GAN: DiffAugment on everything D sees (trainer/augment.py)
     seed: int = 0
+    init_from: Path | None = None  # a published version's folder whose weights the run starts from
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16
     compile: bool = False
@@ -92,6 +93,7 @@ class TrainConfig:
                 setattr(self, key, value)
         self.betas = tuple(self.betas)
         self.data, self.runs_dir, self.checkpoints = Path(self.data), Path(self.runs_dir), Path(self.checkpoints)
+        self.init_from = Path(self.init_from) if self.init_from else None
         self.name = self.name or self.model
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -113,7 +115,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d.update(data=str(self.data), runs_dir=str(self.runs_dir), checkpoints=str(self.checkpoints), betas=list(self.betas))
+        d.update(data=str(self.data), runs_dir=str(self.runs_dir), checkpoints=str(self.checkpoints), betas=list(self.betas),
+                 init_from=str(self.init_from) if self.init_from else None)
         d["network"] = self.network_config.to_dict()
         return d
 

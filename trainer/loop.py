@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from models_core.checkpoint import WEIGHT_DTYPES, CheckpointStore
+from models_core.checkpoint import WEIGHT_DTYPES, CheckpointError, CheckpointStore
 from models_core.device import resolve_device
 from models_core.folding import serving_copy
 from models_core.images import decode_images, encode_png, from_uint8, image_grid, to_uint8
@@ -132,6 +132,7 @@ class Trainer:
         self.held_out = self.data.tensor(self.data.held_out(), "cpu", limit=cfg.pca_samples)
         self.precision = choose_precision(cfg.precision, self.device)
         self.task = make_task(cfg, self.device, self.precision.autocast(self.device), ranks)
+        self.init_note = self.start_from(cfg.init_from) if cfg.init_from else None  # before the EMA copies G
         self.ema = EMA(self.task.inference_net, cfg.ema_decay) if cfg.ema else None
         self.store = CheckpointStore(cfg.checkpoints)
         self.fixed_z = sample_prior(64, self.task.inference_net.latent_dim, torch.Generator().manual_seed(cfg.seed)).to(self.device)
@@ -144,6 +145,27 @@ class Trainer:
         self.run_dir: Path | None = None
 
     # --- the run -----------------------------------------------------------------------------
+
+    def start_from(self, vdir: Path) -> str:
+        """Load a published version's weights into the task (--init-from); what was done, for the log."""
+        try:
+            ckpt = CheckpointStore.load_folder(vdir)
+        except CheckpointError as e:
+            raise TrainingError(f"--init-from: {e}") from None
+        m, cfg = ckpt.manifest, self.cfg
+        if m.kind != cfg.model:
+            raise TrainingError(f"--init-from {vdir} is a {m.kind} version; this run trains --model {cfg.model}")
+        ours = {k: v for k, v in cfg.network_config.to_dict().items() if k != "conv_impl"}
+        theirs = {k: v for k, v in m.config.items() if k != "conv_impl"}
+        if ours != theirs:
+            differ = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in sorted(ours.keys() | theirs.keys())
+                               if ours.get(k) != theirs.get(k))
+            raise TrainingError(f"--init-from {vdir}: its network is not --preset {cfg.preset}'s ({differ}); "
+                                "give the --preset it was trained with")
+        taken = self.task.start_from(ckpt)
+        other_data = ", trained on other data" if m.data_fingerprint != self.data.fingerprint else ""
+        return (f"starting from {m.name} v{m.version} ({vdir}, its step {m.step}{other_data}): {taken}; "
+                f"the optimizer state is fresh")
 
     def run(self, resume_dir: Path | None = None) -> TrainResult:
         total = self.open_run(resume_dir)
@@ -192,6 +214,8 @@ class Trainer:
         where = f"resuming from step {self.step} of {total} (epoch {self.epoch})" if resumed else f"{total} steps"
         self.log.write(f"run {self.run_dir}: {cfg.model} ({cfg.preset}) on {self.device} in {self.precision.name} "
                        f"({self.precision.reason}), {len(self.batches)} steps/epoch, {where}")
+        if self.init_note and not resumed:
+            self.log.write(self.init_note)
         self.log.write(self.task.metric_legend)
 
     def train_steps(self, total: int, stop: StopFlag) -> "Stop":
@@ -354,7 +378,8 @@ class Trainer:
             cfg.name, cfg.model, cfg.network_config, net.state_dict(), step=self.step, epoch=self.epoch,
             data_fingerprint=self.data.fingerprint, metrics={k: float(v) for k, v in self.last.items()},
             extras=basis.to_tensors() | self.task.publish_extras(WEIGHT_DTYPES[cfg.publish_dtype]),
-            dtype=WEIGHT_DTYPES[cfg.publish_dtype], provenance={"run": str(self.run_dir.resolve())},
+            dtype=WEIGHT_DTYPES[cfg.publish_dtype], provenance={"run": str(self.run_dir.resolve())}
+            | ({"init_from": str(cfg.init_from.resolve())} if cfg.init_from else {}),
         )
         self.published.append(version)
         self.log.write(f"published {cfg.name} v{version} (step {self.step}) to {self.store.path(cfg.name, version)}")

@@ -5,6 +5,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
+from models_core.checkpoint import Checkpoint
 from models_core.dcgan import Discriminator, Generator, discriminator_extras
 from models_core.losses import discriminator_loss, generator_loss, reconstruction_loss, vae_loss
 from models_core.kinds import build_model
@@ -73,6 +74,11 @@ class AutoencoderTask:
     def publish_extras(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         return {}
 
+    def start_from(self, ckpt: Checkpoint) -> str:
+        """Take a published version's weights (fine-tuning); what was taken, for the log."""
+        self.net.load_state_dict(ckpt.model.state_dict())
+        return "its network"
+
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast():
             if self.is_vae:
@@ -117,6 +123,14 @@ class GANTask:
         """The discriminator, published beside G: its features are the perceptual loss that
         projects real faces into G's latent space (the service's /project)."""
         return discriminator_extras(self.D.state_dict(), dtype)
+
+    def start_from(self, ckpt: Checkpoint) -> str:
+        """G from the version's (published, so averaged) generator, D from its discriminator where it has one."""
+        self.G.load_state_dict(ckpt.model.state_dict())
+        if ckpt.discriminator is None:
+            return "its generator (it has no discriminator: D starts from scratch)"
+        self.D.load_state_dict(ckpt.discriminator.state_dict())
+        return "its generator and discriminator"
 
     def train_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         z = torch.randn(real.shape[0], self.G.latent_dim, device=self.device)

@@ -19,7 +19,8 @@ from service.local_server import wait_until
 from tests.trainer.conftest import REPO, run_trainer
 from trainer.config import TrainConfig
 from trainer.data import PackedFaces
-from trainer.loop import sudden_jumps, train as train_run
+from trainer.distributed import Dist
+from trainer.loop import Trainer, sudden_jumps, train as train_run
 from trainer.schedule import EndPlanner, lr_at, planned_warmdown, warmup_factor
 from trainer.state import STATE_FILE, load_training_state, save_training_state
 from trainer.tasks import load_optimizer_state
@@ -84,6 +85,31 @@ def test_gan_publishes_the_ema_generator_and_a_ganspace_basis(tmp_path, packed):
     d_key = "classifier.weight"
     assert ckpt.extras["discriminator." + d_key].dtype == torch.bfloat16
     torch.testing.assert_close(ckpt.discriminator.state_dict()[d_key], state["modules"]["D"][d_key].bfloat16().float())
+
+
+def test_a_run_can_start_from_a_published_versions_weights(tmp_path, packed):
+    assert train(tmp_path, "gan", "--data", packed, "--epochs", "1").returncode == 0
+    store = CheckpointStore(tmp_path / "ckpt")
+    source = store.load("gan")
+    cfg = TrainConfig(model="gan", data=packed, preset="tiny", init_from=source.path, runs_dir=tmp_path / "runs",
+                      checkpoints=tmp_path / "ckpt", progress=False)
+    started = Trainer(cfg, Dist())
+    for net, weights in ((started.task.G, source.model), (started.ema.net, source.model), (started.task.D, source.discriminator)):
+        for (k, x), y in zip(net.state_dict().items(), weights.state_dict().values()):
+            assert torch.equal(x, y), k
+
+    proc = train(tmp_path, "gan", "--data", packed, "--epochs", "1", "--init-from", source.path)
+    assert proc.returncode == 0, proc.stderr
+    assert "starting from gan v1" in proc.stdout and "its generator and discriminator" in proc.stdout
+    tuned = store.load("gan", 2)
+    assert tuned.manifest.step == 2 and tuned.manifest.provenance["init_from"] == str(source.path.resolve())
+
+    proc = train(tmp_path, "vae", "--data", packed, "--init-from", source.path)
+    assert proc.returncode == 1 and "is a gan version; this run trains --model vae" in proc.stderr
+    proc = train(tmp_path, "gan", "--data", packed, "--init-from", source.path, "--preset", "small")
+    assert proc.returncode == 1 and "its network is not --preset small's" in proc.stderr
+    proc = train(tmp_path, "gan", "--data", packed, "--init-from", tmp_path)
+    assert proc.returncode == 1 and "is not a published version" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path, packed):
@@ -288,7 +314,7 @@ def test_bad_command_lines_are_explained(tmp_path, packed):
     assert proc.returncode == 2 and "--augment is for --model gan" in proc.stderr
     proc = run_trainer("--help", cwd=REPO)
     assert proc.returncode == 0
-    for option in ("--beta-kl", "--ema", "--resume", "--time-limit", "--ckpt-every", "--publish-every", "prepare-data", "torchrun"):
+    for option in ("--beta-kl", "--ema", "--resume", "--init-from", "--time-limit", "--ckpt-every", "--publish-every", "prepare-data", "torchrun"):
         assert option in proc.stdout
 
 
