@@ -72,12 +72,16 @@ def encoder_psnr(E: GanEncoder, G, faces: torch.Tensor, autocast) -> float:
 
 def train_encoder(G, D, train: torch.Tensor, held_out: torch.Tensor, device: torch.device, autocast, minutes: float,
                   max_steps: int | None = None, batch_size: int = 64, lr: float = 1e-4, seed: int = 0, progress: bool = True,
-                  log=print) -> tuple[GanEncoder, dict]:
+                  log=print, start: GanEncoder | None = None) -> tuple[GanEncoder, dict]:
     """E for the frozen G (and D's features), trained on (N, H, W, 3) uint8 `train` faces until `minutes`
-    or `max_steps`; Ctrl-C ends training early and keeps what was learnt. Returns E and a report."""
+    or `max_steps`, from `start`'s weights where given; Ctrl-C ends training early and keeps what was
+    learnt. Returns E and a report."""
     torch.manual_seed(seed)
     G, D = G.to(device).eval().requires_grad_(False), D.to(device).eval().requires_grad_(False) if D is not None else None
-    E = GanEncoder(G.cfg).to(device).train()
+    E = GanEncoder(G.cfg)
+    if start is not None:
+        E.load_state_dict(start.state_dict())
+    E = E.to(device).train()
     opt = torch.optim.Adam(E.parameters(), lr=lr, betas=(0.9, 0.999))
     batches = FaceBatches(train.to(device), batch_size, seed)
     held_out = held_out.to(device)
@@ -145,6 +149,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--minutes", type=float, default=30.0, help="training time (default: %(default)s); Ctrl-C stops "
                    "early and still publishes")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--init-from", type=Path, metavar="VERSION_DIR",
+                   help="start E from the encoder published with that version (e.g. checkpoints/gan/000005): "
+                        "the version's own, to train it on, or an earlier generator's after that GAN was trained on "
+                        "(default: from scratch)")
     p.add_argument("--batch-size", type=int, default=64, help="real faces (and as many samples) per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
@@ -158,6 +166,7 @@ def main(argv: list[str]) -> int:
     store = CheckpointStore(args.checkpoints)
     try:
         ckpt = store.load(args.model, args.version)
+        start = CheckpointStore.load_folder(args.init_from) if args.init_from else None
         data = PackedFaces.open(args.data)
         device = pick_device(args.device, Dist())
     except (CheckpointError, SourceError, TrainingError) as e:
@@ -167,13 +176,24 @@ def main(argv: list[str]) -> int:
     if m.kind != "gan":
         print(f"error: {args.model} is a {m.kind}, not a GAN: it has an encoder of its own", file=sys.stderr)
         return 1
+    if start is not None and start.encoder is None:
+        print(f"error: --init-from {args.init_from} has no encoder to start from", file=sys.stderr)
+        return 1
+    if start is not None and start.model.cfg.to_dict() | {"conv_impl": None} != ckpt.model.cfg.to_dict() | {"conv_impl": None}:
+        print(f"error: --init-from {args.init_from} is an encoder for another network than {args.model} v{m.version}'s",
+              file=sys.stderr)
+        return 1
     precision = choose_precision(args.precision, device)
     held_out = from_uint8(data.tensor(data.held_out(), limit=512)).permute(0, 3, 1, 2).contiguous()
     train = data.tensor("train")
     print(f"{args.model} v{m.version}: training an encoder on {len(train)} faces on {device} in {precision.name} "
-          f"for up to {args.minutes:g} min" + ("" if ckpt.discriminator is not None else " (no discriminator: pixel loss only)"))
+          f"for up to {args.minutes:g} min" + ("" if ckpt.discriminator is not None else " (no discriminator: pixel loss only)")
+          + (f", starting from {start.manifest.name} v{start.manifest.version}'s encoder" if start else ""))
     E, report = train_encoder(ckpt.model, ckpt.discriminator, train, held_out, device, precision.autocast(device),
-                              args.minutes, args.max_steps, args.batch_size, args.lr, args.seed, args.progress)
+                              args.minutes, args.max_steps, args.batch_size, args.lr, args.seed, args.progress,
+                              start=start.encoder if start else None)
+    if start is not None:
+        report["init_from"] = f"{start.manifest.name} v{start.manifest.version}"
     print(f"stopped by the {report['stopped_by']} after {report['steps']} steps ({report['epochs']} epochs, "
           f"{report['seconds']:.0f} s): G(E(x)) on {len(held_out)} held-out faces {report['held_out_psnr_db']:.2f} dB")
     dtype = WEIGHT_DTYPES.get(m.weights_dtype)

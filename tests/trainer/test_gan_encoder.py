@@ -43,3 +43,19 @@ def test_the_command_publishes_the_generator_with_its_encoder(store, packed, tmp
     assert new.manifest.metrics["encoder"]["steps"] == 3
     proc = run_trainer("gan-encoder", "--model", "ae", "--data", packed, "--checkpoints", store.root, cwd=tmp_path)
     assert proc.returncode == 1 and "not a GAN" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_command_can_go_on_from_a_published_encoder(store, packed, tmp_path):
+    publish_vivid_gan(store, name="gan")
+    common = ["gan-encoder", "--model", "gan", "--data", packed, "--checkpoints", store.root, "--batch-size", "8", "--no-progress"]
+    assert run_trainer(*common, "--max-steps", "3", cwd=tmp_path).returncode == 0
+    proc = run_trainer(*common, "--max-steps", "1", "--lr", "0", "--init-from", store.path("gan", 2), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "starting from gan v2's encoder" in proc.stdout
+    before, after = store.load("gan", 2).encoder.state_dict(), store.load("gan", 3).encoder.state_dict()
+    for key, weight in before.items():
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):  # BN statistics are refitted
+            assert torch.equal(after[key], weight), key
+    assert store.load("gan", 3).manifest.metrics["encoder"]["init_from"] == "gan v2"
+    proc = run_trainer(*common, "--init-from", store.path("gan", 1), cwd=tmp_path)
+    assert proc.returncode == 1 and "has no encoder to start from" in proc.stderr
