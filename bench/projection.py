@@ -55,7 +55,8 @@ def main() -> int:
                     if origin == "E(x)":
                         with torch.no_grad(), autocast():
                             z0 = e(batch).float()
-                    psnrs.append(project(ckpt.model, batch, ProjectionConfig(steps=steps),
+                    cfg = ProjectionConfig(steps=steps, perceptual=1.0 if disc is not None else 0.0)
+                    psnrs.append(project(ckpt.model, batch, cfg,
                                          disc.to(device) if disc is not None else None, autocast, start=z0)[2])
                 seconds = (time.perf_counter() - start) / len(faces)
                 q = torch.cat(psnrs)

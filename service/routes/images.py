@@ -11,6 +11,7 @@ from models_core.checkpoint import MODEL_NAME_RE, PRIORS
 from models_core.images import originals_over_reconstructions, square_nrow, to_uint8
 from models_core import views
 from models_core.latent import check_indices, interpolation_path
+from models_core.projection import DEFAULT_STEPS_FROM_ENCODER
 from service.admission import decodes
 from service.dependencies import BundledFacesDep, FaceLatentsDep, PngCacheDep, RegistryDep
 from service.errors import ApiError
@@ -234,7 +235,7 @@ ProjectionSteps = Annotated[int | None, Query(ge=0, le=1000, description="GAN on
                             "that finds each face's latent. Long by nature: about 9 s a face for 200 steps on 2 CPU "
                             "cores without bf16. Left out: FACEGEN_PROJECTION_STEPS (200) but at most "
                             f"{DEFAULT_ANSWER_S:g} s of projection, so the default answers within 10 s; "
-                            "FACEGEN_ENCODER_PROJECTION_STEPS (20) for a version with an encoder. Any projection "
+                            f"FACEGEN_ENCODER_PROJECTION_STEPS ({DEFAULT_STEPS_FROM_ENCODER}) for a version with an encoder. Any projection "
                             "stops at FACEGEN_PROJECTION_TIME_S, and X-Projection-Steps says how many steps ran. A version with "
                             "an encoder starts from its encoding E(x); 0 returns E(x) alone (0 is refused without an "
                             "encoder)", examples=[50])]
@@ -303,9 +304,10 @@ async def project_upload(
                                             "resized to 64×64")],
     steps: ProjectionSteps = None,
 ) -> Response:
-    """Each face beside G(z*), the GAN's closest face: z* found by Adam on z from several random starts,
-    minimising the pixel error plus a perceptual distance on the discriminator's features (where the
-    version ships its discriminator), with a term keeping z where N(0, I) puts its mass.
+    """Each face beside G(z*), the GAN's closest face: z* found by Adam on z, minimising the pixel error
+    with a term keeping z where N(0, I) puts its mass. A version with an encoder starts from E(x) and
+    refines on that; one without starts from several random points and adds a perceptual distance on
+    the discriminator's features (where the version ships its discriminator).
 
     Deterministic for the same faces and parameters, unless stopped by FACEGEN_PROJECTION_TIME_S.
     X-Projection-PSNR gives each face's PSNR in dB, X-Projection-Steps the steps run, X-Projection-Seconds

@@ -64,3 +64,14 @@ def test_a_start_is_where_the_projection_begins_and_zero_steps_return_it():
     assert p.cfg.starts == 1 and len(p.z) == 3  # one start per face: the encoder's
     p.advance(30)
     assert p.result()[2].mean() > psnr(images, faces).mean()  # refined from there
+
+
+def test_from_an_encoders_start_the_refinement_is_on_pixels_unless_asked_otherwise():
+    g, d = vivid_generator()
+    faces = samples(g, 2, seed=1)
+    start = torch.zeros(2, g.latent_dim)
+    assert Projection(g, faces, ProjectionConfig(steps=5), d).target_features is not None  # random starts: D's features
+    from_encoder = Projection(g, faces, ProjectionConfig(steps=5), d, start=start)
+    assert from_encoder.target_features is None and from_encoder.cfg.perceptual == 0
+    asked = Projection(g, faces, ProjectionConfig(steps=5, perceptual=1.0), d, start=start)
+    assert asked.target_features is not None
