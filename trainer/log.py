@@ -23,6 +23,7 @@ class RunLog:
         self.enabled, self.total, self.summary_every = enabled, total_steps, summary_every
         self.quiet = enabled and not progress
         self.started, self.start_step, self.last_summary = time.monotonic(), start_step, float("-inf")
+        self.deadline: float | None = None  # when --time-limit ends the run (time.monotonic), if it does
         self.jsonl = open(run_dir / "metrics.jsonl", "a") if enabled else None
         self.tb = None
         if enabled:
@@ -48,8 +49,14 @@ class RunLog:
             self.write(self.summary(step, epoch, values))
 
     def summary(self, step: int, epoch: int, values: dict[str, float]) -> str:
-        rate = (step - self.start_step) / max(time.monotonic() - self.started, 1e-9)
-        eta = f", {format_duration((self.total - step) / rate)} to go" if rate > 0 and step < self.total else ""
+        now = time.monotonic()
+        rate = (step - self.start_step) / max(now - self.started, 1e-9)
+        left = (self.total - step) / rate if rate > 0 and step < self.total else None
+        if left is not None and self.deadline is not None and self.deadline - now < left:
+            left, why = max(self.deadline - now, 0.0), " (time limit)"
+        else:
+            why = ""
+        eta = f", {format_duration(left)} to go{why}" if left is not None else ""
         shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k not in ("lr", "img_per_s"))
         speed = f" {values['img_per_s']:.0f} img/s" if "img_per_s" in values else ""
         return f"step {step}/{self.total} (epoch {epoch}) {shown}{speed}{eta}"

@@ -225,6 +225,7 @@ class Trainer:
         self.window = MetricWindow(self.device, self.step)
         started = time.monotonic()
         self.deadline = started + 60 * cfg.time_limit if cfg.time_limit else None
+        self.log.deadline = self.deadline
         self.end_planner = EndPlanner(started, self.deadline) if self.deadline else None
         self.warming_down = False
         why = Stop.NOT

@@ -20,6 +20,7 @@ from tests.trainer.conftest import REPO, run_trainer
 from trainer.config import TrainConfig
 from trainer.data import PackedFaces
 from trainer.distributed import Dist
+from trainer.log import RunLog
 from trainer.loop import Trainer, sudden_jumps, train as train_run
 from trainer.schedule import EndPlanner, lr_at, planned_warmdown, warmup_factor
 from trainer.state import STATE_FILE, load_training_state, save_training_state
@@ -420,3 +421,14 @@ def test_a_runs_sample_grid_is_what_the_service_serves_for_the_published_version
     with TestClient(create_app(make_settings(CheckpointStore(tmp_path / "ckpt")))) as client:
         served = client.get("/sample?model=vae&n=64&nrow=8&seed=0").content
     assert np.array_equal(np.asarray(Image.open(grid)), np.asarray(Image.open(io.BytesIO(served)).convert("RGB")))
+
+
+def test_the_time_to_go_is_the_time_limits_when_that_comes_first(tmp_path, monkeypatch):
+    log = RunLog(tmp_path, total_steps=1000, start_step=0, enabled=True, progress=False)
+    monkeypatch.setattr("trainer.log.time.monotonic", lambda: 110.0)
+    log.started = 100.0  # 10 steps in 10 s: 990 s of steps left
+    log.deadline = 400.0
+    assert log.summary(10, 0, {}).endswith(", 4m50s to go (time limit)")
+    log.deadline = 2000.0
+    assert log.summary(10, 0, {}).endswith(", 16m30s to go")
+    log.close()
