@@ -19,6 +19,7 @@ from models_core import views
 from models_core.checkpoint import PRIORS, CheckpointError, CheckpointStore
 from models_core.images import encode_png, held_out_faces, image_grid, square_nrow
 from models_core.precision import PRECISIONS, choose_precision
+from models_core.projection import DEFAULT_STEPS_FROM_ENCODER
 
 NO_MODEL_HINT = "Train a model first (python -m trainer --help) or point --checkpoints at a root."
 
@@ -70,7 +71,7 @@ def figures_main(argv: list[str]) -> int:
                         help="auto (default): bf16 where the chip has native bf16, fp32 elsewhere, as the service chooses")
     parser.add_argument("--projection-steps", type=int, default=None,
                         help="Adam steps per projection for a GAN's reconstructions (default: the service's, 200 from "
-                             "random starts or 20 from the version's encoder)")
+                             f"random starts or {DEFAULT_STEPS_FROM_ENCODER} from the version's encoder)")
     args = parser.parse_args(argv)
     if args.projection_steps is not None and not 1 <= args.projection_steps <= 5000:
         parser.error("--projection-steps must be between 1 and 5000")

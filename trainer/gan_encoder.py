@@ -193,7 +193,7 @@ def main(argv: list[str]) -> int:
                               args.minutes, args.max_steps, args.batch_size, args.lr, args.seed, args.progress,
                               start=start.encoder if start else None)
     if start is not None:
-        report["init_from"] = f"{start.manifest.name} v{start.manifest.version}"
+        report["init_from"] = str(start.path.resolve())
     print(f"stopped by the {report['stopped_by']} after {report['steps']} steps ({report['epochs']} epochs, "
           f"{report['seconds']:.0f} s): G(E(x)) on {len(held_out)} held-out faces {report['held_out_psnr_db']:.2f} dB")
     dtype = WEIGHT_DTYPES.get(m.weights_dtype)

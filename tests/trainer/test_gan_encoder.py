@@ -56,6 +56,6 @@ def test_the_command_can_go_on_from_a_published_encoder(store, packed, tmp_path)
     for key, weight in before.items():
         if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):  # BN statistics are refitted
             assert torch.equal(after[key], weight), key
-    assert store.load("gan", 3).manifest.metrics["encoder"]["init_from"] == "gan v2"
+    assert store.load("gan", 3).manifest.metrics["encoder"]["init_from"] == str(store.path("gan", 2).resolve())
     proc = run_trainer(*common, "--init-from", store.path("gan", 1), cwd=tmp_path)
     assert proc.returncode == 1 and "has no encoder to start from" in proc.stderr
