@@ -16,7 +16,7 @@ from trainer.__main__ import SUBCOMMANDS, train_parser
 from trainer.config import TrainConfig, served_store
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_VERSIONS = {"ae": 5, "vae": 7, "gan": 5}  # checkpoints/<name>/<version>, tracked in git: one per model
+BUNDLED_VERSIONS = {"ae": 5, "vae": 7, "gan": 6}  # checkpoints/<name>/<version>, tracked in git: one per model
 BUNDLED = tuple(BUNDLED_VERSIONS)
 TRAINER_ENV = {"FACEGEN_CHECKPOINT_ROOT", "FACEGEN_RUNS_DIR", "FACEGEN_TRAIN_CHECKPOINTS"}
 
