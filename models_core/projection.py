@@ -4,8 +4,8 @@ Adam on z from several random starts per face; after a short exploration only th
 each face goes on. Given a starting point (a GAN encoder's E(x)), it starts there alone and
 refines; with 0 steps the answer is the starting point itself. The loss is the pixel error plus, from
 random starts where the version ships its discriminator, a perceptual distance on D's features
-(unit-normalised per position over channels, as in LPIPS), plus a term keeping |z| near √D, where almost all of N(0, I)'s mass lies: far from that shell G
-was never trained and its faces fall apart.
+(unit-normalised per position over channels, as in LPIPS), plus a term keeping |z| near √D, where
+almost all of N(0, I)'s mass lies: far from that shell G was never trained and its faces fall apart.
 
 A Projection advances in chunks (`advance(n)`), so that a server can interleave it with other
 work on one thread and stop it when its client has gone.
@@ -26,8 +26,8 @@ from models_core.images import psnr
 DEFAULT_STEPS = 200  # from random starts
 DEFAULT_STEPS_FROM_ENCODER = 50  # from E(x), already close
 # From E(x) the refinement is on pixels alone by default. E was trained with D's features, so its start
-# carries them; on the bundled GAN, 50 pixel steps reached 20.2 dB where 20 steps with D's features
-# reached 18.7 at the same time per face (D's backward pass doubles a step's cost; MODEL_CARD).
+# carries them, and D's backward pass doubles a step's cost: on GAN v6 (2 AMX cores), 50 pixel steps
+# reached 20.4 dB at 0.20 s/face where 20 steps with D's features reached 18.8 at 0.30 (MODEL_CARD).
 PERCEPTUAL_FROM_RANDOM, PERCEPTUAL_FROM_ENCODER = 1.0, 0.0
 
 
