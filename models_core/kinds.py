@@ -40,6 +40,12 @@ def config_from_dict(kind: str, config: dict) -> Any:
     return cls(**config)
 
 
+def network_differences(a: dict, b: dict) -> dict[str, tuple[Any, Any]]:
+    """{field: (a's, b's)} where two network configs in dict form differ. conv_impl is left out: it
+    picks the kernel that computes a transposed convolution, not the weights."""
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if k != "conv_impl" and a.get(k) != b.get(k)}
+
+
 def build_model(kind: str, config: Any) -> nn.Module:
     """The inference network of `kind`, from a config dataclass or its dict form."""
     if isinstance(config, dict):

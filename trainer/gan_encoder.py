@@ -132,6 +132,7 @@ refines it from there; projection_steps=0 returns E(x) alone.
 
 def main(argv: list[str]) -> int:
     from models_core.checkpoint import WEIGHT_DTYPES, CheckpointError, CheckpointStore
+    from models_core.kinds import network_differences
     from models_core.precision import choose_precision
     from trainer.config import TRAINING_STORE_HELP, training_store
     from trainer.data import PackedFaces
@@ -179,7 +180,7 @@ def main(argv: list[str]) -> int:
     if start is not None and start.encoder is None:
         print(f"error: --init-from {args.init_from} has no encoder to start from", file=sys.stderr)
         return 1
-    if start is not None and start.model.cfg.to_dict() | {"conv_impl": None} != ckpt.model.cfg.to_dict() | {"conv_impl": None}:
+    if start is not None and network_differences(start.manifest.config, m.config):
         print(f"error: --init-from {args.init_from} is an encoder for another network than {args.model} v{m.version}'s",
               file=sys.stderr)
         return 1

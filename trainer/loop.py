@@ -15,7 +15,7 @@ from models_core.folding import serving_copy
 from models_core.images import decode_images, encode_png, from_uint8, image_grid, to_uint8
 from models_core.latent import PcaBasis, sample_prior
 from models_core.precision import choose_precision
-from models_core.kinds import get_kind
+from models_core.kinds import get_kind, network_differences
 from trainer.bases import ganspace_basis, latent_pca
 from trainer.config import TrainConfig
 from trainer.data import FaceBatches, PackedFaces
@@ -132,8 +132,8 @@ class Trainer:
         self.held_out = self.data.tensor(self.data.held_out(), "cpu", limit=cfg.pca_samples)
         self.precision = choose_precision(cfg.precision, self.device)
         self.task = make_task(cfg, self.device, self.precision.autocast(self.device), ranks)
-        self.init_note = self.start_from(cfg.init_from) if cfg.init_from else None  # before the EMA copies G
         self.ema = EMA(self.task.inference_net, cfg.ema_decay) if cfg.ema else None
+        self.init_note: str | None = None  # what a new run took from --init-from, for the log
         self.store = CheckpointStore(cfg.checkpoints)
         self.fixed_z = sample_prior(64, self.task.inference_net.latent_dim, torch.Generator().manual_seed(cfg.seed)).to(self.device)
         self.step = self.epoch = self.batch = 0
@@ -155,14 +155,14 @@ class Trainer:
         m, cfg = ckpt.manifest, self.cfg
         if m.kind != cfg.model:
             raise TrainingError(f"--init-from {vdir} is a {m.kind} version; this run trains --model {cfg.model}")
-        ours = {k: v for k, v in cfg.network_config.to_dict().items() if k != "conv_impl"}
-        theirs = {k: v for k, v in m.config.items() if k != "conv_impl"}
-        if ours != theirs:
-            differ = ", ".join(f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in sorted(ours.keys() | theirs.keys())
-                               if ours.get(k) != theirs.get(k))
+        differences = network_differences(m.config, cfg.network_config.to_dict())
+        if differences:
+            differ = ", ".join(f"{k} {there} there, {here} here" for k, (there, here) in differences.items())
             raise TrainingError(f"--init-from {vdir}: its network is not --preset {cfg.preset}'s ({differ}); "
                                 "give the --preset it was trained with")
         taken = self.task.start_from(ckpt)
+        if self.ema:
+            self.ema = EMA(self.task.inference_net, cfg.ema_decay)  # the average starts at the loaded weights
         other_data = ", trained on other data" if m.data_fingerprint != self.data.fingerprint else ""
         return (f"starting from {m.name} v{m.version} ({vdir}, its step {m.step}{other_data}): {taken}; "
                 f"the optimizer state is fresh")
@@ -201,8 +201,11 @@ class Trainer:
         if resume_dir is not None:
             self.run_dir = resume_dir
             self.restore(load_training_state(resume_dir / STATE_FILE))
-        elif ranks.is_main:
-            self.run_dir = create_run_dir(cfg.runs_dir, cfg.name)
+        else:
+            if cfg.init_from:  # a resumed run has these weights, and more, in its state
+                self.init_note = self.start_from(cfg.init_from)
+            if ranks.is_main:
+                self.run_dir = create_run_dir(cfg.runs_dir, cfg.name)
         if ranks.is_main:
             write_config(self.run_dir, cfg.to_dict() | {"resolved_precision": self.precision.to_dict()})
         total = min(cfg.epochs * len(self.batches), cfg.max_steps or float("inf"))
@@ -214,7 +217,7 @@ class Trainer:
         where = f"resuming from step {self.step} of {total} (epoch {self.epoch})" if resumed else f"{total} steps"
         self.log.write(f"run {self.run_dir}: {cfg.model} ({cfg.preset}) on {self.device} in {self.precision.name} "
                        f"({self.precision.reason}), {len(self.batches)} steps/epoch, {where}")
-        if self.init_note and not resumed:
+        if self.init_note:
             self.log.write(self.init_note)
         self.log.write(self.task.metric_legend)
 

@@ -95,6 +95,8 @@ def test_a_run_can_start_from_a_published_versions_weights(tmp_path, packed):
     cfg = TrainConfig(model="gan", data=packed, preset="tiny", init_from=source.path, runs_dir=tmp_path / "runs",
                       checkpoints=tmp_path / "ckpt", progress=False)
     started = Trainer(cfg, Dist())
+    started.open_run(None)  # a new run: the version's weights go in here
+    started.log.close()
     for net, weights in ((started.task.G, source.model), (started.ema.net, source.model), (started.task.D, source.discriminator)):
         for (k, x), y in zip(net.state_dict().items(), weights.state_dict().values()):
             assert torch.equal(x, y), k
@@ -104,6 +106,10 @@ def test_a_run_can_start_from_a_published_versions_weights(tmp_path, packed):
     assert "starting from gan v1" in proc.stdout and "its generator and discriminator" in proc.stdout
     tuned = store.load("gan", 2)
     assert tuned.manifest.step == 2 and tuned.manifest.provenance["init_from"] == str(source.path.resolve())
+    source.path.rename(tmp_path / "gone")  # a resumed run has the weights in its state, not in that folder
+    proc = train(tmp_path, "gan", "--resume", "--epochs", "2")
+    assert proc.returncode == 0 and "resuming from step 2" in proc.stdout and "starting from" not in proc.stdout, proc.stderr
+    (tmp_path / "gone").rename(source.path)
 
     proc = train(tmp_path, "vae", "--data", packed, "--init-from", source.path)
     assert proc.returncode == 1 and "is a gan version; this run trains --model vae" in proc.stderr
