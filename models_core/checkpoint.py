@@ -368,7 +368,7 @@ class CheckpointStore:
         vdir = Path(vdir)
         if not (vdir / MANIFEST_FILE).is_file():
             raise CheckpointError(f"{vdir} is not a published version (it has no {MANIFEST_FILE}); "
-                                  "give a version's folder, e.g. checkpoints/gan/000005")
+                                  "give a version's folder, e.g. checkpoints/gan/000006")
         manifest = Manifest.read(vdir / MANIFEST_FILE)
         return CheckpointStore(vdir.parent.parent).load(manifest.name, manifest.version, device)
 

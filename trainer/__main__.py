@@ -93,7 +93,7 @@ def train_parser() -> argparse.ArgumentParser:
     o.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
                    help="continue the latest run of this --name (or RUN_DIR) from its last snapshot")
     o.add_argument("--init-from", type=Path, metavar="VERSION_DIR",
-                   help="start a new run from a published version's weights, e.g. checkpoints/gan/000005 (a GAN "
+                   help="start a new run from a published version's weights, e.g. checkpoints/gan/000006 (a GAN "
                         "takes its G and D); the optimizer state starts fresh, so a --lr-warmup helps. Step and "
                         "epoch count from 0; the version must have this --model and --preset")
     return p

@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
                    "early and still publishes")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--init-from", type=Path, metavar="VERSION_DIR",
-                   help="start E from the encoder published with that version (e.g. checkpoints/gan/000005): "
+                   help="start E from the encoder published with that version (e.g. checkpoints/gan/000006): "
                         "the version's own, to train it on, or an earlier generator's after that GAN was trained on "
                         "(default: from scratch)")
     p.add_argument("--batch-size", type=int, default=64, help="real faces (and as many samples) per step (default: %(default)s)")
