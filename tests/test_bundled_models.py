@@ -1,5 +1,6 @@
 """The models shipped in checkpoints/: what the README's main command serves on a fresh clone."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,16 @@ def test_the_bundle_is_one_version_per_model_of_inference_weights_in_int8_within
             assert not [k for k in f.keys() if k.startswith(("D.", "discriminator", "optim"))]
         total += sum(p.stat().st_size for p in ckpt.path.iterdir())
     assert total <= 100 * 2**20, total  # every seed network, the GAN's D and E included
+
+
+def test_commands_in_the_docs_and_help_texts_name_versions_the_bundle_has():
+    """A copied `--init-from checkpoints/gan/NNNNNN` must find its folder on a fresh clone."""
+    sources = [ROOT / "README.md", *sorted((ROOT / "trainer").glob("*.py")), *sorted((ROOT / "models_core").glob("*.py"))]
+    named = {(m[1], m[2], str(path.relative_to(ROOT))) for path in sources
+             for m in re.finditer(r"(?<![\w/])checkpoints/(ae|vae|gan)/(\d{6})", path.read_text())}
+    assert named, "the README names no bundled version folder"
+    missing = sorted(where for name, version, where in named if int(version) != BUNDLED_VERSIONS[name])
+    assert not missing, f"these name a version folder the bundle does not have: {missing}"
 
 
 @pytest.mark.parametrize("name", BUNDLED)
