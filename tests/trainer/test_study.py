@@ -252,3 +252,13 @@ def test_a_store_without_the_three_kinds_is_a_clear_error(study_inputs, tmp_path
     r = run_trainer("study", "--data", study_inputs / "data", "--checkpoints", tmp_path / "empty", "--out", tmp_path / "o",
                     "--no-fid", cwd=tmp_path)
     assert r.returncode == 1 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_version_trained_on_from_another_says_where_its_epochs_start():
+    from models_core.checkpoint import Manifest
+    from trainer.study.cli import describe_version
+
+    fresh = Manifest(name="gan", kind="gan", version=6, config={}, created_at="", files={}, step=5988, epoch=12)
+    assert describe_version(fresh) == "gan v6 (trained to epoch 12, step 5988)"
+    fresh.provenance["init_from"] = "/somewhere/checkpoints/gan/000005"
+    assert describe_version(fresh) == "gan v6 (trained to epoch 12, step 5988, from gan/000005's weights)"

@@ -88,12 +88,21 @@ def load_models(args) -> dict[str, Renderer]:
     return models
 
 
+def describe_version(manifest) -> str:
+    """'gan v6 (trained to epoch 12, step 5988, from gan/000005's weights)': a run started with
+    --init-from counts its epochs from 0, so the start says how much training lies behind them."""
+    how = f"trained to epoch {manifest.epoch}, step {manifest.step}"
+    start = manifest.provenance.get("init_from")
+    if start:
+        how += f", from {Path(start).parent.name}/{Path(start).name}'s weights"
+    return f"{manifest.name} v{manifest.version} ({how})"
+
+
 def setup_facts(args, study: claims.Study, argv: list[str]) -> dict:
     data = study.data
     return {
         "command": "python -m trainer study " + " ".join(argv),
-        "models": {k: f"{r.ckpt.manifest.name} v{r.ckpt.manifest.version} (trained to epoch {r.ckpt.manifest.epoch}, "
-                      f"step {r.ckpt.manifest.step})" for k, r in study.models.items()},
+        "models": {k: describe_version(r.ckpt.manifest) for k, r in study.models.items()},
         "data": f"{data.root.name}: " + ", ".join(f"{s} {len(i)}" for s, i in data.splits.items()) +
                 f" faces (fingerprint {data.fingerprint[:12]}); PCA fitted on {data.held_out()}, scored on {data.held_out(scoring=True)}",
         "N per set": args.n, "PPL paths": args.ppl_paths, "seed": args.seed, "precision": args.precision,
