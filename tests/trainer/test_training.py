@@ -119,6 +119,14 @@ def test_a_run_can_start_from_a_published_versions_weights(tmp_path, packed):
     assert proc.returncode == 1 and "is not a published version" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_compiling_the_gan_in_bf16_on_the_cpu_is_refused_before_any_work(tmp_path, packed):
+    """torch.compile's bf16 CPU code gives the generator NaN gradients at the first step."""
+    proc = train(tmp_path, "gan", "--data", packed, "--compile", "--precision", "bf16", "--device", "cpu")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--compile with bf16 on the CPU" in proc.stderr and "--precision fp32" in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path, packed):
     common = ["--data", packed, "--epochs", "3", "--batch-size", "16", "--ckpt-every", "3"]
     a, b = tmp_path / "a", tmp_path / "b"
