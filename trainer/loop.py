@@ -128,7 +128,7 @@ def refuse_broken_compile(cfg: TrainConfig, device: torch.device, precision) -> 
     if cfg.compile and cfg.model == "gan" and device.type == "cpu" and precision.dtype == torch.bfloat16:
         raise TrainingError(
             "--compile with bf16 on the CPU makes the GAN's generator gradients NaN at the first step (a bug "
-            "in torch.compile's CPU code), and compiling D alone was slower than eager (97 vs 103 img/s on 2 AMX "
+            "in torch.compile's CPU code), and compiling D alone was no faster than eager (97 vs 103 img/s on 2 AMX "
             "cores). Leave --compile off, or add --precision fp32 to compile in fp32")
 
 
