@@ -36,7 +36,8 @@ def test_the_bundle_is_one_version_per_model_of_inference_weights_in_int8_within
 
 def test_commands_in_the_docs_and_help_texts_name_versions_the_bundle_has():
     """A copied `--init-from checkpoints/gan/NNNNNN` must find its folder on a fresh clone."""
-    sources = [ROOT / "README.md", *sorted((ROOT / "trainer").glob("*.py")), *sorted((ROOT / "models_core").glob("*.py"))]
+    sources = [ROOT / "README.md", *(path for package in ("models_core", "trainer", "service")
+                                     for path in sorted((ROOT / package).rglob("*.py")))]
     named = {(m[1], m[2], str(path.relative_to(ROOT))) for path in sources
              for m in re.finditer(r"(?<![\w/])checkpoints/(ae|vae|gan)/(\d{6})", path.read_text())}
     assert named, "the README names no bundled version folder"

@@ -9,13 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from models_core.checkpoint import CheckpointStore
+from models_core.checkpoint import CheckpointStore, Manifest
 from tests.conftest import publish_tiny
 from tests.trainer.conftest import run_trainer
 from trainer.data import prepare_data
 from trainer.fid import default_inception_path
 from trainer.study import claims, measures
 from trainer.study import verdicts as v
+from trainer.study.cli import describe_version
 
 
 def test_variance_in_three_dimensions_reaches_80_percent_at_k_3_and_the_claim_holds():
@@ -255,9 +256,6 @@ def test_a_store_without_the_three_kinds_is_a_clear_error(study_inputs, tmp_path
 
 
 def test_a_version_trained_on_from_another_says_where_its_epochs_start():
-    from models_core.checkpoint import Manifest
-    from trainer.study.cli import describe_version
-
     fresh = Manifest(name="gan", kind="gan", version=6, config={}, created_at="", files={}, step=5988, epoch=12)
     assert describe_version(fresh) == "gan v6 (trained to epoch 12, step 5988)"
     fresh.provenance["init_from"] = "/somewhere/checkpoints/gan/000005"
